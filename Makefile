@@ -1,0 +1,39 @@
+# One task runner: the README's commands and CI call these recipes.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+GEN := orchestrator/api/_generated
+
+.PHONY: run test check lint typecheck proto bench clean
+
+$(BIN)/payorch: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+## run: set up and run the service on its embedded default (SQLite + in-process sandbox)
+run: $(BIN)/payorch
+	$(BIN)/payorch serve
+
+## test: set up and run the whole test suite (PostgreSQL tests skip with a message if none is reachable)
+test: $(BIN)/payorch
+	$(BIN)/pytest
+
+## check: lint and type-check
+check: lint typecheck
+lint: $(BIN)/payorch
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+typecheck: $(BIN)/payorch
+	$(BIN)/mypy orchestrator adapters
+
+## proto: regenerate the gRPC code from protos/ (the one recipe; tests check it is current)
+proto: $(BIN)/payorch
+	$(BIN)/python -m orchestrator.api.codegen $(GEN)
+
+bench: $(BIN)/payorch
+	$(BIN)/python bench/create_payment.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,205 @@
+"""The gRPC servicer translates, nothing more: proto to commands, the application's answer
+(or its refusal) back to proto. The generated code is imported only by the api package."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+from uuid import UUID
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from orchestrator.api._generated import payments_pb2 as pb
+from orchestrator.api._generated import payments_pb2_grpc
+from orchestrator.api.errors import to_status
+from orchestrator.application import Payments
+from orchestrator.commands import CancelPayment, CapturePayment, CreatePayment, RefundPayment
+from orchestrator.domain.command import DEFAULT_SCOPE
+from orchestrator.domain.errors import DomainError
+from orchestrator.domain.payment import CaptureMode as DomainCaptureMode
+from orchestrator.domain.payment import Kind, Operation, OpStatus, Payment, Status
+
+log = logging.getLogger("payorch.api")
+T = TypeVar("T")
+
+_CAPTURE_MODES = {
+    pb.CAPTURE_MODE_UNSPECIFIED: "automatic",
+    pb.CAPTURE_MODE_AUTOMATIC: "automatic",
+    pb.CAPTURE_MODE_MANUAL: "manual",
+}
+_STATUSES = {
+    Status.PROCESSING: pb.PAYMENT_STATUS_PROCESSING,
+    Status.AUTHORIZED: pb.PAYMENT_STATUS_AUTHORIZED,
+    Status.CAPTURED: pb.PAYMENT_STATUS_CAPTURED,
+    Status.PARTIALLY_REFUNDED: pb.PAYMENT_STATUS_PARTIALLY_REFUNDED,
+    Status.REFUNDED: pb.PAYMENT_STATUS_REFUNDED,
+    Status.CANCELED: pb.PAYMENT_STATUS_CANCELED,
+    Status.DECLINED: pb.PAYMENT_STATUS_DECLINED,
+    Status.FAILED: pb.PAYMENT_STATUS_FAILED,
+}
+_KINDS = {
+    Kind.AUTHORIZE: pb.OPERATION_KIND_AUTHORIZE,
+    Kind.CAPTURE: pb.OPERATION_KIND_CAPTURE,
+    Kind.CANCEL: pb.OPERATION_KIND_CANCEL,
+    Kind.REFUND: pb.OPERATION_KIND_REFUND,
+}
+_OP_STATUSES = {
+    OpStatus.PENDING: pb.OPERATION_STATUS_PENDING,
+    OpStatus.UNKNOWN: pb.OPERATION_STATUS_UNKNOWN,
+    OpStatus.SUCCEEDED: pb.OPERATION_STATUS_SUCCEEDED,
+    OpStatus.DECLINED: pb.OPERATION_STATUS_DECLINED,
+    OpStatus.FAILED: pb.OPERATION_STATUS_FAILED,
+}
+_MODES_OUT = {
+    DomainCaptureMode.AUTOMATIC: pb.CAPTURE_MODE_AUTOMATIC,
+    DomainCaptureMode.MANUAL: pb.CAPTURE_MODE_MANUAL,
+}
+_EVENT_ENVELOPE = {"originator_id", "originator_version", "timestamp", "originator_topic"}
+
+
+class PaymentOrchestratorServicer(payments_pb2_grpc.PaymentOrchestratorServicer):
+    def __init__(self, app: Payments) -> None:
+        self.app = app
+
+    def CreatePayment(  # noqa: N802 (gRPC method names)
+        self, request: pb.CreatePaymentRequest, context: grpc.ServicerContext
+    ) -> pb.Payment:
+        command = CreatePayment(
+            idempotency_key=request.idempotency_key,
+            amount=request.amount,
+            currency=request.currency,
+            payment_method=request.payment_method,
+            region=request.region,
+            capture_mode=_CAPTURE_MODES.get(request.capture_mode, "invalid"),
+            reference=request.reference,
+            metadata=dict(request.metadata),
+        )
+        return _answer(context, lambda: to_proto(self.app.create_payment(
+            command, scope=_scope(context), answer_by=_answer_by(context)
+        )))  # fmt: skip
+
+    def CapturePayment(  # noqa: N802
+        self, request: pb.CapturePaymentRequest, context: grpc.ServicerContext
+    ) -> pb.Payment:
+        command = CapturePayment(request.idempotency_key, request.payment_id, request.amount)
+        return _answer(context, lambda: to_proto(self.app.capture_payment(
+            command, scope=_scope(context), answer_by=_answer_by(context)
+        )))  # fmt: skip
+
+    def CancelPayment(  # noqa: N802
+        self, request: pb.CancelPaymentRequest, context: grpc.ServicerContext
+    ) -> pb.Payment:
+        command = CancelPayment(request.idempotency_key, request.payment_id)
+        return _answer(context, lambda: to_proto(self.app.cancel_payment(
+            command, scope=_scope(context), answer_by=_answer_by(context)
+        )))  # fmt: skip
+
+    def RefundPayment(  # noqa: N802
+        self, request: pb.RefundPaymentRequest, context: grpc.ServicerContext
+    ) -> pb.Payment:
+        command = RefundPayment(
+            request.idempotency_key, request.payment_id, request.amount, request.reason
+        )
+        return _answer(context, lambda: to_proto(self.app.refund_payment(
+            command, scope=_scope(context), answer_by=_answer_by(context)
+        )))  # fmt: skip
+
+    def GetPayment(  # noqa: N802
+        self, request: pb.GetPaymentRequest, context: grpc.ServicerContext
+    ) -> pb.Payment:
+        return _answer(context, lambda: to_proto(self.app.get_payment(request.payment_id)))
+
+    def ListPaymentEvents(  # noqa: N802
+        self, request: pb.ListPaymentEventsRequest, context: grpc.ServicerContext
+    ) -> pb.ListPaymentEventsResponse:
+        def events() -> pb.ListPaymentEventsResponse:
+            stored = self.app.payment_events(request.payment_id)
+            return pb.ListPaymentEventsResponse(events=[event_to_proto(e) for e in stored])
+
+        return _answer(context, events)
+
+
+def _scope(context: grpc.ServicerContext) -> str:
+    # One scope until callers authenticate; an auth interceptor will name the caller's.
+    return DEFAULT_SCOPE
+
+
+def _answer_by(context: grpc.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    if remaining is None or remaining > 1e6:  # no deadline
+        return None
+    return time.monotonic() + float(remaining)
+
+
+def _answer(context: grpc.ServicerContext, call: Callable[[], T]) -> T:
+    try:
+        return call()
+    except DomainError as e:
+        log.info("refused %s: %s", e.reason, e.message)
+        context.abort_with_status(to_status(e))
+        raise  # abort_with_status raises; this line is never reached
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _operation_to_proto(op: Operation) -> pb.Operation:
+    return pb.Operation(
+        sequence=op.sequence,
+        kind=_KINDS[op.kind],
+        status=_OP_STATUSES[op.status],
+        amount=op.amount,
+        provider=op.provider,
+        provider_key=op.provider_key,
+        attempt=op.attempt,
+        provider_reference=op.provider_reference,
+        decline_code=op.decline_code,
+        failure_message=op.failure_message,
+    )
+
+
+def to_proto(payment: Payment) -> pb.Payment:
+    return pb.Payment(
+        payment_id=str(payment.id),
+        status=_STATUSES[payment.status],
+        amount=payment.amount,
+        currency=payment.currency,
+        captured_amount=payment.captured_amount,
+        refunded_amount=payment.refunded_amount,
+        region=payment.region,
+        provider=payment.provider,
+        provider_reference=payment.provider_reference,
+        reference=payment.reference,
+        decline_code=payment.decline_code,
+        failure_message=payment.failure_message,
+        metadata=payment.metadata,
+        version=payment.version,
+        created_at=_timestamp(payment.created_on),
+        updated_at=_timestamp(payment.modified_on),
+        capture_mode=_MODES_OUT[payment.capture_mode],
+        operations=[_operation_to_proto(op) for op in payment.operations],
+    )
+
+
+def _json_default(value: Any) -> str:
+    if isinstance(value, UUID | datetime):
+        return value.isoformat() if isinstance(value, datetime) else str(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def event_to_proto(event: Any) -> pb.PaymentEvent:
+    data = {k: v for k, v in vars(event).items() if k not in _EVENT_ENVELOPE}
+    return pb.PaymentEvent(
+        version=event.originator_version,
+        type=type(event).__name__,
+        time=_timestamp(event.timestamp),
+        data=json.dumps(data, default=_json_default, sort_keys=True),
+    )

@@ -1,0 +1,379 @@
+"""The payments application: idempotent commands over event-sourced payments.
+
+Every command follows the same path:
+
+1. validate the request (nothing is read or written for bad input);
+2. if a ``Command`` with this key exists, replay its result (or wait for its owner);
+3. otherwise record the command and the payment's intent **in one transaction**; the event
+   store's unique (id, version) makes exactly one concurrent duplicate win, across processes;
+4. call the provider with the operation's derived key, within the operation's deadline;
+5. record the outcome (or that it is unknown) and complete the command, again atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import IntegrityError
+
+from orchestrator.commands import (
+    CancelPayment,
+    CapturePayment,
+    Command,
+    CreatePayment,
+    RefundPayment,
+    parse_payment_id,
+)
+from orchestrator.domain import validation
+from orchestrator.domain.command import Command as CommandRecord
+from orchestrator.domain.command import command_id, fingerprint, payment_id_for
+from orchestrator.domain.errors import (
+    ConcurrentModification,
+    DomainError,
+    IdempotencyKeyReused,
+    NoProviderAvailable,
+    PaymentNotFound,
+    RequestInProgress,
+)
+from orchestrator.domain.payment import IN_DOUBT, Cause, Kind, Operation, Payment
+from orchestrator.ports import (
+    OperationKind,
+    OutcomeStatus,
+    ProviderNotReached,
+    ProviderOperation,
+    ProviderOutcome,
+    ProviderOutcomeUnknown,
+)
+from orchestrator.routing import Route, Router
+
+log = logging.getLogger("payorch.payments")
+
+# How long after an operation's deadline its owner is presumed gone: covers the time to
+# record the outcome once the provider call itself has ended.
+LEASE_GRACE = timedelta(seconds=1)
+# Optimistic-concurrency retries when another command moved the payment between read and save.
+MAX_CONFLICTS = 8
+_POLL_START, _POLL_MAX = 0.005, 0.1
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Payments(Application[UUID]):
+    """Payments and the commands that change them."""
+
+    name = "Payments"
+    is_snapshotting_enabled = False
+
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        *,
+        router: Router,
+        clock: Callable[[], datetime] = utc_now,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__(env)
+        self.router = router
+        self.clock = clock
+        self.sleep = sleep
+
+    # --- queries --------------------------------------------------------------------------
+
+    def get_payment(self, payment_id: UUID | str, *, version: int | None = None) -> Payment:
+        pid = payment_id if isinstance(payment_id, UUID) else parse_payment_id(payment_id)
+        try:
+            payment: Payment = self.repository.get(pid, version=version)
+        except AggregateNotFoundError:
+            raise PaymentNotFound(str(payment_id)) from None
+        if not isinstance(payment, Payment):  # an id of another kind of aggregate
+            raise PaymentNotFound(str(payment_id))
+        return payment
+
+    def payment_events(self, payment_id: str) -> Iterator[DomainEventProtocol[UUID]]:
+        payment = self.get_payment(payment_id)
+        yield from self.events.get(payment.id, lte=payment.version)
+
+    # --- commands -------------------------------------------------------------------------
+
+    def create_payment(
+        self, request: CreatePayment, *, scope: str, answer_by: float | None = None
+    ) -> Payment:
+        cmd = request.validated()
+        cid = command_id(scope, cmd.idempotency_key)
+        if (replayed := self._replay_if_known(cid, cmd, answer_by)) is not None:
+            return replayed
+        routes = self.router.candidates(cmd.region, cmd.currency)
+        if not routes:
+            raise NoProviderAvailable(
+                f"no provider serves region {cmd.region} in {cmd.currency}", region=cmd.region
+            )
+        route = routes[0]
+        cause = Cause(scope, cmd.idempotency_key)
+        payment = Payment(
+            id=payment_id_for(cid),
+            amount=cmd.amount,
+            currency=cmd.currency,
+            payment_method=cmd.payment_method,
+            region=cmd.region,
+            capture_mode=cmd.capture_mode,
+            reference=cmd.reference,
+            metadata=cmd.metadata,
+            scope=scope,
+            idempotency_key=cmd.idempotency_key,
+        )
+        op = payment.start_authorization(
+            provider=route.provider.name, deadline=self._deadline(route), cause=cause
+        )
+        record = self._command_record(cid, cmd, scope, payment.id, op)
+        try:
+            self.save(payment, record)
+        except IntegrityError:
+            return self._replay_after_conflict(cid, cmd, record, answer_by)
+        return self._perform(payment, record, op)
+
+    def capture_payment(
+        self, request: CapturePayment, *, scope: str, answer_by: float | None = None
+    ) -> Payment:
+        cmd = request.validated()
+
+        def start(payment: Payment, cause: Cause) -> Operation:
+            amount = validation.optional_amount(cmd.amount, payment.currency)
+            return payment.start_capture(amount, deadline=self._deadline_for(payment), cause=cause)
+
+        return self._follow_up(cmd, scope, answer_by, start)
+
+    def cancel_payment(
+        self, request: CancelPayment, *, scope: str, answer_by: float | None = None
+    ) -> Payment:
+        cmd = request.validated()
+
+        def start(payment: Payment, cause: Cause) -> Operation:
+            return payment.start_cancel(deadline=self._deadline_for(payment), cause=cause)
+
+        return self._follow_up(cmd, scope, answer_by, start)
+
+    def refund_payment(
+        self, request: RefundPayment, *, scope: str, answer_by: float | None = None
+    ) -> Payment:
+        cmd = request.validated()
+
+        def start(payment: Payment, cause: Cause) -> Operation:
+            amount = validation.optional_amount(cmd.amount, payment.currency)
+            return payment.start_refund(
+                amount, reason=cmd.reason, deadline=self._deadline_for(payment), cause=cause
+            )
+
+        return self._follow_up(cmd, scope, answer_by, start)
+
+    # --- the shared path of follow-up commands --------------------------------------------
+
+    def _follow_up(
+        self,
+        cmd: CapturePayment | CancelPayment | RefundPayment,
+        scope: str,
+        answer_by: float | None,
+        start: Callable[[Payment, Cause], Operation],
+    ) -> Payment:
+        cid = command_id(scope, cmd.idempotency_key)
+        if (replayed := self._replay_if_known(cid, cmd, answer_by)) is not None:
+            return replayed
+        for _ in range(MAX_CONFLICTS):
+            payment = self.get_payment(cmd.payment_id)
+            try:
+                op = start(payment, Cause(scope, cmd.idempotency_key))
+            except DomainError:
+                # A concurrent duplicate may have won since we looked: its operation is what
+                # now makes ours look refused. Answer with its result if so.
+                if (replayed := self._replay_if_known(cid, cmd, answer_by)) is not None:
+                    return replayed
+                raise
+            record = self._command_record(cid, cmd, scope, payment.id, op)
+            try:
+                self.save(payment, record)
+            except IntegrityError:
+                if self._find_command(cid) is not None:
+                    return self._replay_after_conflict(cid, cmd, record, answer_by)
+                continue  # another command moved the payment on: read it again and re-check
+            return self._perform(payment, record, op)
+        raise ConcurrentModification("the payment kept changing; retry with the same key")
+
+    def _command_record(
+        self, cid: UUID, cmd: Command, scope: str, payment_id: UUID, op: Operation
+    ) -> CommandRecord:
+        return CommandRecord(
+            id=cid,
+            scope=scope,
+            idempotency_key=cmd.idempotency_key,
+            name=cmd.name,
+            fingerprint=fingerprint(cmd.name, cmd.parameters()),
+            payment_id=payment_id,
+            owner=uuid4().hex,
+            lease_until=op.deadline + LEASE_GRACE,
+        )
+
+    def _deadline(self, route: Route) -> datetime:
+        return self.clock() + timedelta(seconds=route.timeout)
+
+    def _deadline_for(self, payment: Payment) -> datetime:
+        return self._deadline(self.router.route(payment.provider))
+
+    # --- calling the provider and recording what it said ----------------------------------
+
+    def _perform(self, payment: Payment, record: CommandRecord, op: Operation) -> Payment:
+        route = self.router.route(op.provider)
+        remaining = (op.deadline - self.clock()).total_seconds()
+        request = self._provider_operation(payment, op, record)
+        started = time.monotonic()
+        try:
+            if remaining <= 0:
+                raise ProviderNotReached("the operation's deadline passed before the call")
+            outcome = self._call(route, op.kind, request, remaining)
+        except ProviderNotReached as e:
+            outcome = ProviderOutcome(OutcomeStatus.FAILED, message=f"provider unreachable: {e}")
+        except ProviderOutcomeUnknown as e:
+            log.warning(
+                "outcome unknown: payment=%s op=%s provider=%s: %s",
+                payment.id, op.sequence, op.provider, e.message,
+            )  # fmt: skip
+            return self._record_outcome(payment, record, op, None, message=e.message)
+        log.info(
+            "provider %s %s payment=%s -> %s in %.1f ms",
+            op.provider, op.kind.value, payment.id, outcome.status.value,
+            (time.monotonic() - started) * 1000,
+        )  # fmt: skip
+        return self._record_outcome(payment, record, op, outcome)
+
+    @staticmethod
+    def _call(route: Route, kind: Kind, request: ProviderOperation, timeout: float) -> Any:
+        provider = route.provider
+        call = {
+            Kind.AUTHORIZE: provider.authorize,
+            Kind.CAPTURE: provider.capture,
+            Kind.CANCEL: provider.cancel,
+            Kind.REFUND: provider.refund,
+        }[kind]
+        return call(request, timeout=min(timeout, route.timeout))
+
+    @staticmethod
+    def _provider_operation(
+        payment: Payment, op: Operation, record: CommandRecord
+    ) -> ProviderOperation:
+        return ProviderOperation(
+            kind=OperationKind(op.kind.value),
+            payment_id=str(payment.id),
+            provider_key=op.provider_key,
+            amount=op.amount,
+            currency=payment.currency,
+            payment_method=payment.payment_method,
+            capture=payment.capture_mode == "automatic",
+            provider_reference=payment.provider_reference,
+            reference=payment.reference,
+            reason=op.reason,
+            metadata=payment.metadata,
+        )
+
+    def _record_outcome(
+        self,
+        payment: Payment,
+        record: CommandRecord,
+        op: Operation,
+        outcome: ProviderOutcome | None,
+        *,
+        message: str = "",
+    ) -> Payment:
+        """Records the outcome (``None``: unknown) and completes the command atomically. If
+        something else resolved the operation meanwhile, only completes the command."""
+        for _ in range(MAX_CONFLICTS):
+            if payment.operation(op.sequence).status in IN_DOUBT:
+                _apply(payment, op, outcome, message)
+            record.complete(
+                payment_version=payment.version,
+                in_doubt=payment.operation_in_doubt is not None,
+            )
+            try:
+                self.save(payment, record)
+            except IntegrityError:
+                payment = self.get_payment(payment.id)
+                record = self._get_command(record.id)
+                if record.completed:
+                    return self._result(record)
+                continue
+            return payment
+        raise ConcurrentModification("could not record the provider's answer; retry with the key")
+
+    # --- replaying a known command --------------------------------------------------------
+
+    def _find_command(self, cid: UUID) -> CommandRecord | None:
+        try:
+            record: CommandRecord = self.repository.get(cid)
+        except AggregateNotFoundError:
+            return None
+        return record
+
+    def _get_command(self, cid: UUID) -> CommandRecord:
+        record = self._find_command(cid)
+        assert record is not None, "commands are never deleted"
+        return record
+
+    def _replay_if_known(self, cid: UUID, cmd: Command, answer_by: float | None) -> Payment | None:
+        record = self._find_command(cid)
+        return None if record is None else self._replay(record, cmd, answer_by)
+
+    def _replay_after_conflict(
+        self, cid: UUID, cmd: Command, mine: CommandRecord, answer_by: float | None
+    ) -> Payment:
+        record = self._get_command(cid)
+        if record.owner == mine.owner:
+            # Our own save committed although the driver reported a conflict (a retried
+            # commit). Never call the provider from here: the record's lease will expire and
+            # the operation, still pending, is resolved by asking the provider.
+            log.warning("save reported a conflict but committed: command %s", cid)
+        return self._replay(record, cmd, answer_by)
+
+    def _replay(self, record: CommandRecord, cmd: Command, answer_by: float | None) -> Payment:
+        if record.fingerprint != fingerprint(cmd.name, cmd.parameters()):
+            raise IdempotencyKeyReused(cmd.idempotency_key, record.name)
+        poll = _POLL_START
+        while not record.completed:
+            if self.clock() >= record.lease_until:
+                # Its owner is gone (crashed mid-call): answer with the payment as recorded,
+                # its operation still in doubt. Never call the provider again from here.
+                return self.get_payment(record.payment_id)
+            if answer_by is not None and time.monotonic() + poll >= answer_by:
+                retry_after = (record.lease_until - self.clock()).total_seconds()
+                raise RequestInProgress(cmd.idempotency_key, retry_after=max(retry_after, 0.1))
+            self.sleep(poll)
+            poll = min(poll * 1.5, _POLL_MAX)
+            record = self._get_command(record.id)
+        return self._result(record)
+
+    def _result(self, record: CommandRecord) -> Payment:
+        if record.in_doubt:
+            # The first answer was "in doubt": show what is known now, resolved or not.
+            return self.get_payment(record.payment_id)
+        return self.get_payment(record.payment_id, version=record.payment_version)
+
+
+def _apply(payment: Payment, op: Operation, outcome: ProviderOutcome | None, message: str) -> None:
+    if outcome is None:
+        payment.record_unknown(op.sequence, message=message)
+    elif outcome.status is OutcomeStatus.SUCCEEDED:
+        amount = outcome.captured_amount if op.kind is Kind.AUTHORIZE else op.amount
+        payment.record_success(
+            op.sequence, provider_reference=outcome.provider_reference, amount=amount
+        )
+    elif outcome.status is OutcomeStatus.DECLINED:
+        payment.record_decline(
+            op.sequence, decline_code=outcome.decline_code or "declined", message=outcome.message
+        )
+    else:
+        payment.record_failure(op.sequence, message=outcome.message or "failed at the provider")

@@ -1,0 +1,436 @@
+"""The payment aggregate: every change of a payment is an immutable, typed event.
+
+A payment moves money only through provider *operations* (authorize, capture, cancel,
+refund). Each operation is recorded as intent (``OperationStarted``, with the provider
+idempotency key it will send) before the provider is called, and its outcome after. While an
+operation's outcome is not known the payment is ``PROCESSING`` and accepts no other operation.
+
+Event-applying bodies only assign: clocks, keys and provider answers are produced by the caller
+before an event is triggered, so replaying the events always rebuilds the same payment.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+
+from orchestrator.domain.errors import OperationInProgress, TransitionNotAllowed
+
+
+class Status(enum.StrEnum):
+    PROCESSING = "processing"
+    AUTHORIZED = "authorized"
+    CAPTURED = "captured"
+    PARTIALLY_REFUNDED = "partially_refunded"
+    REFUNDED = "refunded"
+    CANCELED = "canceled"
+    DECLINED = "declined"
+    FAILED = "failed"
+
+
+TERMINAL = frozenset({Status.DECLINED, Status.FAILED, Status.CANCELED, Status.REFUNDED})
+
+
+class Kind(enum.StrEnum):
+    AUTHORIZE = "authorize"
+    CAPTURE = "capture"
+    CANCEL = "cancel"
+    REFUND = "refund"
+
+
+class OpStatus(enum.StrEnum):
+    PENDING = "pending"  # intent recorded, call under way
+    UNKNOWN = "unknown"  # the call ended and we could not learn its outcome
+    SUCCEEDED = "succeeded"
+    DECLINED = "declined"
+    FAILED = "failed"
+
+
+IN_DOUBT = frozenset({OpStatus.PENDING, OpStatus.UNKNOWN})
+
+
+class CaptureMode(enum.StrEnum):
+    AUTOMATIC = "automatic"
+    MANUAL = "manual"
+
+
+@dataclass(frozen=True)
+class Cause:
+    """The command on whose behalf something happens: the caller's scope and its key."""
+
+    scope: str
+    idempotency_key: str
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One provider call of the payment, as recorded."""
+
+    sequence: int
+    kind: Kind
+    amount: int
+    provider: str
+    provider_key: str
+    attempt: int
+    deadline: datetime  # after this the caller no longer waits for the call's answer
+    status: OpStatus = OpStatus.PENDING
+    reason: str = ""
+    provider_reference: str = ""
+    decline_code: str = ""
+    failure_message: str = ""
+
+
+def provider_key(payment_id: UUID, sequence: int, kind: Kind, attempt: int) -> str:
+    """The idempotency key sent to the provider for one attempt of one operation.
+
+    Derived, never random: every retry of the attempt (after a timeout, a crash, a restart)
+    computes the same key, so a provider that honours keys cannot move money twice.
+    At most 64 characters, the strictest provider limit (Adyen)."""
+    return f"{payment_id}:{sequence}:{kind.value}:{attempt}"
+
+
+class Payment(Aggregate):
+    """A payment and its operations. Amounts are integers in minor units of ``currency``."""
+
+    class Requested(Aggregate.Created):
+        amount: int
+        currency: str
+        payment_method: str
+        region: str
+        capture_mode: str
+        reference: str
+        metadata: dict[str, str]
+        scope: str
+        idempotency_key: str
+
+    class OperationStarted(Aggregate.Event):
+        sequence: int
+        kind: str
+        amount: int
+        provider: str
+        provider_key: str
+        attempt: int
+        deadline: datetime
+        scope: str
+        idempotency_key: str
+        reason: str
+
+    class Authorized(Aggregate.Event):
+        sequence: int
+        provider_reference: str
+        captured_amount: int
+
+    class Captured(Aggregate.Event):
+        sequence: int
+        amount: int
+        provider_reference: str
+
+    class Canceled(Aggregate.Event):
+        sequence: int
+        provider_reference: str
+
+    class Refunded(Aggregate.Event):
+        sequence: int
+        amount: int
+        provider_reference: str
+
+    class OperationDeclined(Aggregate.Event):
+        sequence: int
+        decline_code: str
+        message: str
+
+    class OperationFailed(Aggregate.Event):
+        sequence: int
+        message: str
+
+    class OutcomeUnknown(Aggregate.Event):
+        sequence: int
+        message: str
+
+    @event(Requested)
+    def __init__(
+        self,
+        *,
+        id: UUID,  # the caller derives it: see command_id() and payment_id_for()
+        amount: int,
+        currency: str,
+        payment_method: str,
+        region: str,
+        capture_mode: str,
+        reference: str,
+        metadata: dict[str, str],
+        scope: str,
+        idempotency_key: str,
+    ) -> None:
+        self.amount = amount
+        self.currency = currency
+        self.payment_method = payment_method
+        self.region = region
+        self.capture_mode = CaptureMode(capture_mode)
+        self.reference = reference
+        self.metadata = dict(metadata)
+        self.provider = ""
+        self.provider_reference = ""
+        self.authorized = False
+        self.closed_as: Status | None = None  # DECLINED, FAILED or CANCELED once final
+        self.captured_amount = 0
+        self.refunded_amount = 0
+        self.decline_code = ""
+        self.failure_message = ""
+        self.operations: list[Operation] = []
+
+    # --- what the payment is now -------------------------------------------------------
+
+    @property
+    def status(self) -> Status:
+        if self.operation_in_doubt is not None:
+            return Status.PROCESSING
+        if self.closed_as is not None:
+            return self.closed_as
+        if not self.authorized:
+            return Status.PROCESSING
+        if self.refunded_amount:
+            if self.refunded_amount == self.captured_amount:
+                return Status.REFUNDED
+            return Status.PARTIALLY_REFUNDED
+        return Status.CAPTURED if self.captured_amount else Status.AUTHORIZED
+
+    @property
+    def operation_in_doubt(self) -> Operation | None:
+        """The operation whose outcome is not known, if any (there is at most one)."""
+        last = self.operations[-1] if self.operations else None
+        return last if last is not None and last.status in IN_DOUBT else None
+
+    @property
+    def capturable_amount(self) -> int:
+        return self.amount - self.captured_amount
+
+    @property
+    def refundable_amount(self) -> int:
+        return self.captured_amount - self.refunded_amount
+
+    def operation(self, sequence: int) -> Operation:
+        return self.operations[sequence - 1]
+
+    # --- commands: check the state, then record intent ---------------------------------
+
+    def start_authorization(self, *, provider: str, deadline: datetime, cause: Cause) -> Operation:
+        if self.operations:
+            raise TransitionNotAllowed("the payment's authorization was already started")
+        return self._start(
+            Kind.AUTHORIZE, self.amount, provider=provider, deadline=deadline, cause=cause
+        )
+
+    def start_capture(self, amount: int | None, *, deadline: datetime, cause: Cause) -> Operation:
+        self._check_no_operation_in_doubt()
+        status = self.status
+        if status not in (Status.AUTHORIZED, Status.CAPTURED):
+            raise TransitionNotAllowed(
+                f"a {status.value} payment cannot be captured", metadata={"status": status.value}
+            )
+        amount = self.capturable_amount if amount is None else amount
+        if amount <= 0 or amount > self.capturable_amount:
+            raise TransitionNotAllowed(
+                f"capture of {amount} exceeds the capturable amount {self.capturable_amount}",
+                reason="AMOUNT_EXCEEDS_CAPTURABLE",
+                metadata={"capturableAmount": str(self.capturable_amount)},
+            )
+        return self._start(
+            Kind.CAPTURE, amount, provider=self.provider, deadline=deadline, cause=cause
+        )
+
+    def start_cancel(self, *, deadline: datetime, cause: Cause) -> Operation:
+        self._check_no_operation_in_doubt()
+        status = self.status
+        if status is not Status.AUTHORIZED:
+            raise TransitionNotAllowed(
+                f"a {status.value} payment cannot be canceled: only an authorization of which "
+                "nothing was captured can be voided",
+                metadata={"status": status.value},
+            )
+        return self._start(
+            Kind.CANCEL, self.amount, provider=self.provider, deadline=deadline, cause=cause
+        )
+
+    def start_refund(
+        self, amount: int | None, *, reason: str, deadline: datetime, cause: Cause
+    ) -> Operation:
+        self._check_no_operation_in_doubt()
+        status = self.status
+        if status not in (Status.CAPTURED, Status.PARTIALLY_REFUNDED):
+            raise TransitionNotAllowed(
+                f"a {status.value} payment cannot be refunded", metadata={"status": status.value}
+            )
+        amount = self.refundable_amount if amount is None else amount
+        if amount <= 0 or amount > self.refundable_amount:
+            raise TransitionNotAllowed(
+                f"refund of {amount} exceeds the refundable amount {self.refundable_amount}",
+                reason="AMOUNT_EXCEEDS_REFUNDABLE",
+                metadata={"refundableAmount": str(self.refundable_amount)},
+            )
+        return self._start(
+            Kind.REFUND,
+            amount,
+            provider=self.provider,
+            deadline=deadline,
+            cause=cause,
+            reason=reason,
+        )
+
+    def _check_no_operation_in_doubt(self) -> None:
+        if self.operation_in_doubt is not None:
+            raise OperationInProgress(str(self.id), retry_after=1.0)
+
+    def _start(
+        self,
+        kind: Kind,
+        amount: int,
+        *,
+        provider: str,
+        deadline: datetime,
+        cause: Cause,
+        reason: str = "",
+    ) -> Operation:
+        sequence = len(self.operations) + 1
+        self._operation_started(
+            sequence=sequence,
+            kind=kind.value,
+            amount=amount,
+            provider=provider,
+            provider_key=provider_key(self.id, sequence, kind, 1),
+            attempt=1,
+            deadline=deadline,
+            scope=cause.scope,
+            idempotency_key=cause.idempotency_key,
+            reason=reason,
+        )
+        return self.operations[-1]
+
+    @event(OperationStarted)
+    def _operation_started(
+        self,
+        *,
+        sequence: int,
+        kind: str,
+        amount: int,
+        provider: str,
+        provider_key: str,
+        attempt: int,
+        deadline: datetime,
+        scope: str,
+        idempotency_key: str,
+        reason: str,
+    ) -> None:
+        self.operations.append(
+            Operation(
+                sequence=sequence,
+                kind=Kind(kind),
+                amount=amount,
+                provider=provider,
+                provider_key=provider_key,
+                attempt=attempt,
+                deadline=deadline,
+                reason=reason,
+            )
+        )
+        self.provider = provider
+        self.failure_message = ""
+
+    # --- outcomes: what the provider said ----------------------------------------------
+
+    def record_success(self, sequence: int, *, provider_reference: str, amount: int) -> None:
+        """The provider confirmed the operation. ``amount`` is what it captured (authorize)
+        or what it moved (capture, refund)."""
+        op = self._in_doubt(sequence)
+        if op.kind is Kind.AUTHORIZE:
+            captured = amount if self.capture_mode is CaptureMode.AUTOMATIC else 0
+            self._authorized(
+                sequence=sequence, provider_reference=provider_reference, captured_amount=captured
+            )
+        elif op.kind is Kind.CAPTURE:
+            self._captured(
+                sequence=sequence, amount=op.amount, provider_reference=provider_reference
+            )
+        elif op.kind is Kind.CANCEL:
+            self._canceled(sequence=sequence, provider_reference=provider_reference)
+        else:
+            self._refunded(
+                sequence=sequence, amount=op.amount, provider_reference=provider_reference
+            )
+
+    def record_decline(self, sequence: int, *, decline_code: str, message: str) -> None:
+        self._in_doubt(sequence)
+        self._operation_declined(sequence=sequence, decline_code=decline_code, message=message)
+
+    def record_failure(self, sequence: int, *, message: str) -> None:
+        """The provider certainly did not move money for this operation, and will not."""
+        self._in_doubt(sequence)
+        self._operation_failed(sequence=sequence, message=message)
+
+    def record_unknown(self, sequence: int, *, message: str) -> None:
+        """The call ended without an outcome we can know; it stays in doubt until resolved."""
+        op = self._in_doubt(sequence)
+        if op.status is OpStatus.PENDING:
+            self._outcome_unknown(sequence=sequence, message=message)
+
+    def _in_doubt(self, sequence: int) -> Operation:
+        if not 0 < sequence <= len(self.operations):
+            raise TransitionNotAllowed(f"the payment has no operation {sequence}")
+        op = self.operation(sequence)
+        if op.status not in IN_DOUBT:
+            raise TransitionNotAllowed(
+                f"operation {sequence} already ended as {op.status.value}",
+                reason="OPERATION_ALREADY_RESOLVED",
+            )
+        return op
+
+    def _settle(self, sequence: int, **changes: Any) -> None:
+        self.operations[sequence - 1] = replace(self.operations[sequence - 1], **changes)
+
+    @event(Authorized)
+    def _authorized(self, *, sequence: int, provider_reference: str, captured_amount: int) -> None:
+        self._settle(sequence, status=OpStatus.SUCCEEDED, provider_reference=provider_reference)
+        self.authorized = True
+        self.provider_reference = provider_reference
+        self.captured_amount = captured_amount
+
+    @event(Captured)
+    def _captured(self, *, sequence: int, amount: int, provider_reference: str) -> None:
+        self._settle(sequence, status=OpStatus.SUCCEEDED, provider_reference=provider_reference)
+        self.captured_amount += amount
+
+    @event(Canceled)
+    def _canceled(self, *, sequence: int, provider_reference: str) -> None:
+        self._settle(sequence, status=OpStatus.SUCCEEDED, provider_reference=provider_reference)
+        self.closed_as = Status.CANCELED
+
+    @event(Refunded)
+    def _refunded(self, *, sequence: int, amount: int, provider_reference: str) -> None:
+        self._settle(sequence, status=OpStatus.SUCCEEDED, provider_reference=provider_reference)
+        self.refunded_amount += amount
+
+    @event(OperationDeclined)
+    def _operation_declined(self, *, sequence: int, decline_code: str, message: str) -> None:
+        self._settle(
+            sequence, status=OpStatus.DECLINED, decline_code=decline_code, failure_message=message
+        )
+        self.decline_code = decline_code
+        self.failure_message = message
+        if self.operation(sequence).kind is Kind.AUTHORIZE:
+            self.closed_as = Status.DECLINED
+
+    @event(OperationFailed)
+    def _operation_failed(self, *, sequence: int, message: str) -> None:
+        self._settle(sequence, status=OpStatus.FAILED, failure_message=message)
+        self.failure_message = message
+        if self.operation(sequence).kind is Kind.AUTHORIZE:
+            self.closed_as = Status.FAILED
+
+    @event(OutcomeUnknown)
+    def _outcome_unknown(self, *, sequence: int, message: str) -> None:
+        self._settle(sequence, status=OpStatus.UNKNOWN, failure_message=message)

@@ -1,0 +1,109 @@
+"""The provider port: what the orchestrator needs from any payment provider.
+
+Adapters in ``adapters/`` implement it. Only orchestrator types cross this boundary: no
+provider wire format, status string or HTTP detail leaks into the core. Retries, breakers and
+routing live in the core around the port, never inside an adapter.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class OperationKind(enum.StrEnum):
+    AUTHORIZE = "authorize"
+    CAPTURE = "capture"
+    CANCEL = "cancel"
+    REFUND = "refund"
+
+
+class OutcomeStatus(enum.StrEnum):
+    SUCCEEDED = "succeeded"
+    DECLINED = "declined"  # a business outcome: the issuer or provider said no
+    FAILED = "failed"  # the provider certainly did not move money and will not
+
+
+@dataclass(frozen=True)
+class ProviderOperation:
+    """One provider call, fully described before it is made (and recorded as intent).
+
+    ``provider_key`` is the idempotency key sent to the provider. It is derived from the
+    payment, the operation and the attempt, and every retry of this attempt reuses it.
+    """
+
+    kind: OperationKind
+    payment_id: str
+    provider_key: str
+    amount: int
+    currency: str
+    payment_method: str = ""
+    capture: bool = False  # authorize only: capture in the same call
+    provider_reference: str = ""  # the provider's id of the payment, for follow-ups
+    reference: str = ""  # the caller's order reference, passed on for the provider's records
+    reason: str = ""  # refund only
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProviderOutcome:
+    """What the provider definitely said about an operation."""
+
+    status: OutcomeStatus
+    provider_reference: str = ""  # the provider's id for the payment (or refund)
+    captured_amount: int = 0  # authorize with capture: what the provider captured
+    decline_code: str = ""
+    message: str = ""
+
+
+class ProviderError(Exception):
+    """A call that did not produce a definite outcome. Subclasses say whether money may
+    have moved; never guess across that line."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class ProviderNotReached(ProviderError):
+    """The request certainly did not take effect (connection refused, rejected before
+    processing, breaker open). Safe to retry, even elsewhere."""
+
+
+class ProviderOutcomeUnknown(ProviderError):
+    """The request may have taken effect (timeout or reset after sending, 5xx). Only a
+    retry with the same provider key, or a lookup, may follow."""
+
+
+class PaymentProvider(Protocol):
+    """A payment provider as the orchestrator sees it.
+
+    Every method either returns a definite ``ProviderOutcome`` or raises a
+    ``ProviderError`` subclass; ``timeout`` is the whole budget for the call in seconds.
+    """
+
+    name: str
+
+    def authorize(self, operation: ProviderOperation, *, timeout: float) -> ProviderOutcome:
+        """Authorize ``operation.amount`` on ``operation.payment_method``, capturing it in the
+        same call when ``operation.capture`` is set. A decline is an outcome, not an error."""
+        ...
+
+    def capture(self, operation: ProviderOperation, *, timeout: float) -> ProviderOutcome:
+        """Capture ``operation.amount`` of the authorization ``provider_reference``."""
+        ...
+
+    def cancel(self, operation: ProviderOperation, *, timeout: float) -> ProviderOutcome:
+        """Void the uncaptured authorization ``provider_reference``."""
+        ...
+
+    def refund(self, operation: ProviderOperation, *, timeout: float) -> ProviderOutcome:
+        """Refund ``operation.amount`` of what was captured on ``provider_reference``."""
+        ...
+
+    def lookup(self, operation: ProviderOperation, *, timeout: float) -> ProviderOutcome | None:
+        """Ask what became of ``operation`` (found by its provider key or our payment id);
+        ``None`` when the provider has no record of it. Used to resolve in-doubt outcomes."""
+        ...

@@ -1,0 +1,46 @@
+"""Which provider serves a payment: regions (and optionally currencies) map to an ordered list
+of adapters, a primary first. Adapters are looked up by name for follow-up operations, so a
+payment always returns to the provider that authorized it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from orchestrator.ports import PaymentProvider
+
+DEFAULT_ROUTE = "*"
+
+
+@dataclass(frozen=True)
+class Route:
+    provider: PaymentProvider
+    timeout: float  # the whole budget of one provider call, in seconds
+
+
+class Router:
+    def __init__(
+        self,
+        providers: Mapping[str, Route],
+        routes: Mapping[str, Sequence[str]],
+    ) -> None:
+        """``routes`` maps ``"REGION"``, ``"REGION/CURRENCY"`` or ``"*"`` to provider names."""
+        unknown = {name for names in routes.values() for name in names} - set(providers)
+        if unknown:
+            raise ValueError(f"routes name unknown providers: {sorted(unknown)}")
+        self._providers = dict(providers)
+        self._routes = {key: tuple(names) for key, names in routes.items()}
+
+    def candidates(self, region: str, currency: str) -> list[Route]:
+        """The providers to try for a new payment, in order; empty when none serves it."""
+        for key in (f"{region}/{currency}", region, DEFAULT_ROUTE):
+            if key in self._routes:
+                return [self._providers[name] for name in self._routes[key]]
+        return []
+
+    def route(self, provider_name: str) -> Route:
+        return self._providers[provider_name]
+
+    @property
+    def provider_names(self) -> list[str]:
+        return sorted(self._providers)

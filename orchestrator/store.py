@@ -1,0 +1,98 @@
+"""The event store, chosen by one setting: ``sqlite:///path`` (the embedded default) or
+``postgresql://user@host:port/db``.
+
+eventsourcing creates its tables from every process at start-up, and on PostgreSQL concurrent
+DDL races (``tuple concurrently updated``). We serialise schema creation across processes with
+a PostgreSQL advisory lock, so several replicas starting at once on an empty database all come
+up; the tables are created once and the others find them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+DEFAULT_DATABASE_URL = "sqlite:///payorch.db"
+# Any constant will do: it names "payorch schema creation" among advisory locks.
+_DDL_LOCK_KEY = 0x7061796F7263  # "payorc"
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    kind: str  # "sqlite" or "postgres"
+    env: dict[str, str]  # eventsourcing's settings
+    display: str  # the URL without its password, for logs
+    conninfo: dict[str, str]  # libpq keywords (postgres only)
+
+
+def parse_database_url(url: str, *, pool_size: int = 8, max_overflow: int = 24) -> StoreConfig:
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        # sqlite:///relative/path and sqlite:////absolute/path, as SQLAlchemy spells them.
+        path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
+        if not path:
+            raise ValueError("an sqlite URL needs a path: sqlite:///payorch.db")
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path}
+        return StoreConfig("sqlite", env, f"sqlite:///{path}", {})
+    if parts.scheme in ("postgresql", "postgres"):
+        dbname = unquote(parts.path.lstrip("/")) or "postgres"
+        user = unquote(parts.username or "") or os.environ.get("PGUSER", "postgres")
+        password = _postgres_password(unquote(parts.password or ""))
+        host = parts.hostname or "127.0.0.1"
+        port = str(parts.port or 5432)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": dbname,
+            "POSTGRES_HOST": host,
+            "POSTGRES_PORT": port,
+            "POSTGRES_USER": user,
+            "POSTGRES_PASSWORD": password,
+            "POSTGRES_SCHEMA": query.get("schema", "public"),
+            "POSTGRES_POOL_SIZE": str(pool_size),
+            "POSTGRES_MAX_OVERFLOW": str(max_overflow),
+            "POSTGRES_CONNECT_TIMEOUT": "10",
+            "POSTGRES_PRE_PING": "y",
+        }
+        conninfo = {"dbname": dbname, "host": host, "port": port, "user": user}
+        if password:
+            conninfo["password"] = password
+        display = f"postgresql://{user}@{host}:{port}/{dbname}"
+        return StoreConfig("postgres", env, display, conninfo)
+    raise ValueError(
+        f"unsupported database URL scheme {parts.scheme!r}: use sqlite:///path or postgresql://..."
+    )
+
+
+def _postgres_password(from_url: str) -> str:
+    """The password comes from the URL, PAYORCH_DATABASE_PASSWORD_FILE (a secret file) or
+    PGPASSWORD, in that order; it is never logged."""
+    if from_url:
+        return from_url
+    secret_file = os.environ.get("PAYORCH_DATABASE_PASSWORD_FILE")
+    if secret_file:
+        return Path(secret_file).read_text().strip()
+    return os.environ.get("PGPASSWORD", "")
+
+
+@contextlib.contextmanager
+def schema_lock(config: StoreConfig) -> Iterator[None]:
+    """Held while the application creates its tables; a no-op on SQLite, whose own locking
+    already serialises DDL."""
+    if config.kind != "postgres":
+        yield
+        return
+    import psycopg  # only PostgreSQL needs it
+
+    with psycopg.connect(**config.conninfo, autocommit=True, connect_timeout=10) as conn:  # type: ignore[arg-type]
+        conn.execute("SELECT pg_advisory_lock(%s)", (_DDL_LOCK_KEY,))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_DDL_LOCK_KEY,))
