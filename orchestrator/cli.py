@@ -66,13 +66,23 @@ def serve_forever(settings: Settings) -> int:
     sandbox = None
     sandbox_url = settings.sandbox_url
     if settings.config is None and sandbox_url is None:
-        sandbox = start_sandbox(settings.sandbox_listen)
+        try:
+            sandbox = start_sandbox(settings.sandbox_listen)
+        except OSError as e:
+            log.error("cannot start the sandbox on %s: %s", settings.sandbox_listen, e)
+            return 2
         sandbox_url = sandbox.url
         log.info("sandbox provider (in-process) listening on %s", sandbox_url)
-    router = load_router(settings.config, sandbox_url)
-    app = build_payments(settings.database_url, router)
+    try:
+        router = load_router(settings.config, sandbox_url)
+        app = build_payments(settings.database_url, router)
+        server = create_server(settings.grpc_listen, app, max_workers=settings.grpc_workers)
+    except Exception as e:  # start-up failures end the process with a message, not a trace
+        log.error("cannot start: %s: %s", type(e).__name__, e)
+        if sandbox is not None:
+            sandbox.stop()
+        return 2
     log.info("providers: %s", ", ".join(router.provider_names))
-    server = create_server(settings.grpc_listen, app, max_workers=settings.grpc_workers)
     server.start()
     host = settings.grpc_listen.rsplit(":", 1)[0]
     log.info("payorch gRPC listening on %s:%d", host, server.port)

@@ -423,3 +423,37 @@ def test_health_and_reflection_are_served(running: Running) -> None:
     )
     names = {s.name for a in answers for s in a.list_services_response.service}
     assert {"payments.v1.PaymentOrchestrator", "grpc.health.v1.Health"} <= names
+
+
+def test_a_region_no_provider_serves_is_unavailable_and_writes_nothing(
+    database_url: str, sandbox: object, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    from orchestrator.api._generated import payments_pb2_grpc
+    from orchestrator.api.server import create_server
+    from orchestrator.bootstrap import build_payments, load_router
+
+    config = Path(str(tmp_path)) / "providers.toml"
+    config.write_text(
+        f'[providers.sandbox]\ntype = "sandbox"\nbase_url = "{sandbox.url}"\n'  # type: ignore[attr-defined]
+        '[routes]\nUS = ["sandbox"]\n'
+    )
+    app = build_payments(database_url, load_router(str(config), None))
+    server = create_server("127.0.0.1:0", app)
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = payments_pb2_grpc.PaymentOrchestratorStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.CreatePayment(create_request("eu-1", region="EU"))
+            assert error_reason(refused.value) == (
+                grpc.StatusCode.UNAVAILABLE,
+                "PROVIDER_UNAVAILABLE",
+            )
+            assert retry_delay(refused.value) is not None
+            assert (app.recorder.max_notification_id() or 0) == 0
+            assert stub.CreatePayment(create_request("us-1")).status == pb.PAYMENT_STATUS_AUTHORIZED
+    finally:
+        server.stop(grace=1)
+        app.close()

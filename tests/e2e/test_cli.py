@@ -1,0 +1,111 @@
+"""The two commands a user runs: ``payorch serve`` on its embedded defaults, and
+``payorch sandbox``."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from orchestrator.api._generated import payments_pb2 as pb
+from orchestrator.api._generated import payments_pb2_grpc
+from tests.e2e.helpers import create_request
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYORCH_")}
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", *args],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _wait_for(pattern: str, log: Path, process: subprocess.Popen[bytes]) -> re.Match[str]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        match = re.search(pattern, log.read_text())
+        if match:
+            return match
+        assert process.poll() is None, log.read_text()
+        time.sleep(0.05)
+    raise AssertionError(f"{pattern!r} never appeared:\n{log.read_text()}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> int:
+    process.send_signal(signal.SIGTERM)
+    return process.wait(20)
+
+
+def test_serve_with_no_configuration_uses_sqlite_and_an_in_process_sandbox(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "serve.log"
+    process = _start(
+        ["serve", "--grpc-listen", "127.0.0.1:0", "--sandbox-listen", "127.0.0.1:0"], tmp_path, log
+    )
+    try:
+        port = int(_wait_for(r"payorch gRPC listening on 127\.0\.0\.1:(\d+)", log, process)[1])
+        sandbox_url = _wait_for(
+            r"sandbox provider \(in-process\) listening on (\S+)", log, process
+        )[1]
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = payments_pb2_grpc.PaymentOrchestratorStub(channel)
+            payment = stub.CreatePayment(create_request("cli-1"))
+        assert payment.status == pb.PAYMENT_STATUS_AUTHORIZED
+        assert payment.provider == "sandbox"
+        ledger = httpx.get(f"{sandbox_url}/_sandbox/ledger").json()["entries"]
+        assert [e["kind"] for e in ledger] == ["authorization"]
+    finally:
+        code = _stop(process)
+    text = log.read_text()
+    assert code == 0, text
+    assert "event store: sqlite:///payorch.db" in text
+    assert "stopped" in text
+    assert (tmp_path / "payorch.db").exists()
+
+
+def test_sandbox_runs_alone_and_stops_on_sigterm(tmp_path: Path) -> None:
+    log = tmp_path / "sandbox.log"
+    process = _start(["sandbox", "--listen", "127.0.0.1:0"], tmp_path, log)
+    try:
+        url = _wait_for(r"sandbox provider listening on (\S+)", log, process)[1]
+        assert httpx.get(f"{url}/_sandbox/faults").json()["honor_idempotency"] is True
+    finally:
+        assert _stop(process) == 0, log.read_text()
+
+
+def test_a_database_password_never_reaches_the_log(tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    process = _start(
+        [
+            "serve",
+            "--grpc-listen", "127.0.0.1:0",
+            "--sandbox-listen", "127.0.0.1:0",
+            "--database-url", "postgresql://payorch:s3cr3t-pw@127.0.0.1:1/none",
+        ],
+        tmp_path,
+        log,
+    )  # fmt: skip
+    try:
+        process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    text = log.read_text()
+    assert "postgresql://payorch@127.0.0.1:1/none" in text
+    assert "s3cr3t-pw" not in text
+    assert process.returncode != 0

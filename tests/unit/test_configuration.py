@@ -1,0 +1,106 @@
+"""Store URLs, provider configuration and routing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from adapters.sandbox import SandboxAdapter
+from orchestrator.bootstrap import Settings, load_router
+from orchestrator.routing import Route, Router
+from orchestrator.store import parse_database_url
+
+
+def test_a_relative_sqlite_url_names_a_file_in_the_working_directory() -> None:
+    config = parse_database_url("sqlite:///payorch.db")
+    assert config.kind == "sqlite"
+    assert config.env["SQLITE_DBNAME"] == "payorch.db"
+
+
+def test_an_absolute_sqlite_url_keeps_its_leading_slash(tmp_path: Path) -> None:
+    config = parse_database_url(f"sqlite:///{tmp_path}/x/events.db")
+    assert config.env["SQLITE_DBNAME"] == f"{tmp_path}/x/events.db"
+    assert (tmp_path / "x").is_dir()
+
+
+def test_a_postgres_url_sets_the_store_and_hides_the_password_from_display() -> None:
+    config = parse_database_url("postgresql://app:pw%40x@db.internal:6543/payments?schema=pay")
+    assert config.kind == "postgres"
+    assert config.env["POSTGRES_HOST"] == "db.internal"
+    assert config.env["POSTGRES_PORT"] == "6543"
+    assert config.env["POSTGRES_DBNAME"] == "payments"
+    assert config.env["POSTGRES_USER"] == "app"
+    assert config.env["POSTGRES_PASSWORD"] == "pw@x"
+    assert config.env["POSTGRES_SCHEMA"] == "pay"
+    assert "pw" not in config.display
+    assert config.display == "postgresql://app@db.internal:6543/payments"
+
+
+def test_a_postgres_password_can_come_from_a_secret_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "db_password"
+    secret.write_text("from-file\n")
+    monkeypatch.setenv("PAYORCH_DATABASE_PASSWORD_FILE", str(secret))
+    assert parse_database_url("postgresql://app@h/db").env["POSTGRES_PASSWORD"] == "from-file"
+
+
+@pytest.mark.parametrize("url", ["mysql://x/y", "sqlite://", "nonsense"])
+def test_unsupported_database_urls_are_refused(url: str) -> None:
+    with pytest.raises(ValueError):
+        parse_database_url(url)
+
+
+def test_flags_win_over_environment_which_wins_over_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PAYORCH_GRPC_LISTEN", "0.0.0.0:1")
+    monkeypatch.setenv("PAYORCH_GRPC_WORKERS", "7")
+    settings = Settings.from_env(grpc_listen=None, database_url="sqlite:///flag.db")
+    assert settings.grpc_listen == "0.0.0.0:1"
+    assert settings.grpc_workers == 7
+    assert settings.database_url == "sqlite:///flag.db"
+    assert Settings.from_env(grpc_listen="127.0.0.1:2").grpc_listen == "127.0.0.1:2"
+
+
+def _router() -> Router:
+    def route(name: str) -> Route:
+        return Route(SandboxAdapter("http://127.0.0.1:9", name=name), timeout=1.0)
+
+    return Router(
+        {"a": route("a"), "b": route("b"), "c": route("c")},
+        {"US": ["a", "b"], "US/EUR": ["c"], "*": ["b"]},
+    )
+
+
+def test_routes_prefer_region_and_currency_then_region_then_the_default() -> None:
+    router = _router()
+    assert [r.provider.name for r in router.candidates("US", "EUR")] == ["c"]
+    assert [r.provider.name for r in router.candidates("US", "USD")] == ["a", "b"]
+    assert [r.provider.name for r in router.candidates("IN", "INR")] == ["b"]
+
+
+def test_routes_naming_unknown_providers_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown providers"):
+        Router({}, {"US": ["ghost"]})
+
+
+def test_the_toml_configuration_names_providers_and_routes(tmp_path: Path) -> None:
+    path = tmp_path / "providers.toml"
+    path.write_text(
+        '[providers.sandbox-us]\ntype = "sandbox"\nbase_url = "http://127.0.0.1:9"\n'
+        'timeout = 2.5\n\n[routes]\nUS = ["sandbox-us"]\n'
+    )
+    router = load_router(str(path), None)
+    (route,) = router.candidates("US", "USD")
+    assert route.provider.name == "sandbox-us"
+    assert route.timeout == 2.5
+    assert router.candidates("EU", "EUR") == []
+
+
+def test_a_provider_of_unknown_type_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "providers.toml"
+    path.write_text('[providers.x]\ntype = "carrier-pigeon"\n')
+    with pytest.raises(ValueError, match="unknown type"):
+        load_router(str(path), None)
