@@ -59,22 +59,45 @@ class ProviderOutcome:
 
 class ProviderError(Exception):
     """A call that did not produce a definite outcome. Subclasses say whether money may
-    have moved; never guess across that line."""
+    have moved; never guess across that line.
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    ``breaker_failure``: the failure says the provider is unhealthy (connection failures,
+    timeouts, 5xx) and counts towards opening its circuit breaker; rate limiting (429) and
+    "request in progress" (409) do not. ``retry_after``: the provider's own hint, in seconds.
+    """
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, breaker_failure: bool = True
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        self.breaker_failure = breaker_failure
 
 
 class ProviderNotReached(ProviderError):
-    """The request certainly did not take effect (connection refused, rejected before
-    processing, breaker open). Safe to retry, even elsewhere."""
+    """The request certainly did not take effect (connection refused, rate limited, an error
+    the provider documents as not processed, breaker open). Safe to retry, even elsewhere."""
 
 
 class ProviderOutcomeUnknown(ProviderError):
     """The request may have taken effect (timeout or reset after sending, 5xx). Only a
-    retry with the same provider key, or a lookup, may follow."""
+    retry with the same provider key, or a lookup, may follow.
+
+    ``lookup_first``: re-sending is unsafe or useless (the provider honours no idempotency
+    key, or replays a stored error for the key), so ask what happened before anything else.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        breaker_failure: bool = True,
+        lookup_first: bool = False,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after, breaker_failure=breaker_failure)
+        self.lookup_first = lookup_first
 
 
 class PaymentProvider(Protocol):
@@ -85,6 +108,9 @@ class PaymentProvider(Protocol):
     """
 
     name: str
+    # Whether a re-sent request with the same provider key is deduplicated by the provider.
+    # Where it is not, the core never re-sends after an unknown outcome: it looks up instead.
+    honors_idempotency_keys: bool
 
     def authorize(self, operation: ProviderOperation, *, timeout: float) -> ProviderOutcome:
         """Authorize ``operation.amount`` on ``operation.payment_method``, capturing it in the

@@ -1,0 +1,93 @@
+"""Shared by the bench scripts: nearest-rank percentiles and CPU accounting from /proc."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def nearest_rank(sorted_values: list[float], percent: float) -> float:
+    """The nearest-rank percentile of already sorted values (NaN when there are none)."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(percent / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+# --- CPU accounting from /proc ------------------------------------------------------------
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(comm, utime + stime in ticks) of a process, all its threads; None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return comm, int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+def _ticks_by_comm(name: str) -> dict[int, int]:
+    found: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat is not None and stat[0] == name:
+                found[int(entry.name)] = stat[1]
+    return found
+
+
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, total) ticks of all CPUs since boot; busy excludes idle and iowait."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    total = sum(values[:8])  # guest time is already inside user time
+    return total - values[3] - values[4], total
+
+
+@dataclass
+class CpuSnapshot:
+    wall: float
+    pids: dict[str, int | None]
+    comms: dict[str, dict[int, int]]
+    own: float
+    machine_busy: int
+
+
+def cpu_snapshot(watch: dict[str, int], watch_comm: dict[str, str]) -> CpuSnapshot:
+    pids = {label: (s[1] if (s := _proc_stat(pid)) else None) for label, pid in watch.items()}
+    comms = {label: _ticks_by_comm(name) for label, name in watch_comm.items()}
+    return CpuSnapshot(time.perf_counter(), pids, comms, time.process_time(), _machine_ticks()[0])
+
+
+def cpu_cores(start: CpuSnapshot, end: CpuSnapshot, own_label: str = "self") -> dict[str, float]:
+    """Cores used by each watched label, by this process and by the machine over the span;
+    ``other`` is what the machine used beyond all of those (foreign load)."""
+    wall = end.wall - start.wall
+    cores: dict[str, float] = {}
+    for label, before in start.pids.items():
+        after = end.pids[label]
+        if before is not None and after is not None:
+            cores[label] = (after - before) / _CLK_TCK / wall
+    for label, before_by_pid in start.comms.items():
+        ticks = sum(t - before_by_pid.get(pid, 0) for pid, t in end.comms[label].items())
+        cores[label] = ticks / _CLK_TCK / wall
+    cores[own_label] = (end.own - start.own) / wall
+    machine = (end.machine_busy - start.machine_busy) / _CLK_TCK / wall
+    cores["machine"] = machine
+    cores["other"] = machine - sum(v for k, v in cores.items() if k != "machine")
+    return {k: round(v, 3) for k, v in cores.items()}
+
+
+def machine_busy_fraction(interval: float = 0.5) -> float:
+    """How busy all CPUs together were over ``interval`` seconds (0.0 to 1.0)."""
+    busy0, total0 = _machine_ticks()
+    time.sleep(interval)
+    busy1, total1 = _machine_ticks()
+    return (busy1 - busy0) / max(1, total1 - total0)
