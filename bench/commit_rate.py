@@ -7,7 +7,9 @@ commit counts when it returns inside the window. Prints one JSON object on stdou
   postgres  psycopg 3, autocommit (one INSERT = one transaction), prepared statement, into
             ``bench_commit_rate`` in the given database (created here, dropped at the end)
   sqlite    the stdlib sqlite3 driver on a file in WAL mode (as eventsourcing opens it,
-            ``synchronous`` left at its default), BEGIN IMMEDIATE / INSERT / COMMIT
+            ``synchronous`` left at its default), BEGIN IMMEDIATE / INSERT / COMMIT, one
+            connection per thread, writers taking turns on an in-process lock (as
+            eventsourcing's SQLite connection pool does)
 """
 
 from __future__ import annotations
@@ -91,15 +93,21 @@ def sqlite_committers(path: str, threads: int) -> Committers:
     connections = [connect() for _ in range(threads)]
     insert = f"INSERT INTO {TABLE} (n, payload) VALUES (?, ?)"
 
+    # One writer at a time in this process, as eventsourcing's SQLite pool does (its writer
+    # lock): without it SQLite's busy handler (sleep and retry) decides who writes next, which
+    # starves some threads past any busy timeout and measures the sleeps, not the commits.
+    writer_lock = threading.Lock()
+
     def committer(conn: sqlite3.Connection) -> Commit:
         def commit(n: int) -> None:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute(insert, (n, PAYLOAD))
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+            with writer_lock:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute(insert, (n, PAYLOAD))
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
 
         return commit
 

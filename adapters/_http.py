@@ -1,0 +1,147 @@
+"""What every HTTP provider adapter shares: sending a request and telling "certainly not
+sent" from "sent, outcome unknown", the Retry-After hint, and strict reading of JSON answers.
+Provider wire formats stay in each adapter; this module knows none of them."""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import httpx
+
+from orchestrator.ports import ProviderNotReached, ProviderOutcomeUnknown
+
+JSONObject = dict[str, object]
+
+# Raised before a single byte of the request left: the provider cannot have acted on it.
+NOT_SENT: Final = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.UnsupportedProtocol,
+)
+
+
+class MalformedAnswerError(Exception):
+    """The provider's answer does not have the shape we rely on."""
+
+
+class ProviderHttp:
+    """One provider's HTTP client: a shared, thread-safe connection pool."""
+
+    def __init__(
+        self,
+        provider: str,
+        base_url: str,
+        *,
+        connect_timeout: float = 1.0,
+        honors_idempotency_keys: bool = True,
+        client: httpx.Client | None = None,
+    ) -> None:
+        self.provider = provider
+        self.base_url = base_url.rstrip("/")
+        self.connect_timeout = connect_timeout
+        self.honors_idempotency_keys = honors_idempotency_keys
+        self._owns_client = client is None
+        self._client = client or httpx.Client(
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=128)
+        )
+        self.log = logging.getLogger(f"payorch.adapters.{provider}")
+
+    def close(self) -> None:
+        if self._owns_client:
+            self._client.close()
+
+    def send(
+        self, method: str, path: str, *, timeout: float, what: str, key: str = "", **kwargs: Any
+    ) -> httpx.Response:
+        """Sends the request within ``timeout`` seconds. A failure before sending raises
+        ``ProviderNotReached``; after sending, ``ProviderOutcomeUnknown``, which asks for a
+        lookup first where the provider would not deduplicate a re-sent request."""
+        started = time.monotonic()
+        try:
+            response = self._client.request(
+                method,
+                self.base_url + path,
+                timeout=httpx.Timeout(timeout, connect=min(self.connect_timeout, timeout)),
+                **kwargs,
+            )
+        except NOT_SENT as exc:
+            self._log(what, key, type(exc).__name__, started)
+            raise ProviderNotReached(f"{self.provider} not reached: {type(exc).__name__}") from exc
+        except httpx.TransportError as exc:
+            self._log(what, key, type(exc).__name__, started)
+            raise ProviderOutcomeUnknown(
+                f"{self.provider} outcome unknown: {type(exc).__name__} after sending",
+                lookup_first=not self.honors_idempotency_keys,
+            ) from exc
+        self._log(what, key, str(response.status_code), started, quiet=response.status_code < 500)
+        return response
+
+    def _log(self, what: str, key: str, result: str, started: float, quiet: bool = False) -> None:
+        # Never headers (credentials) nor bodies (personal data): the operation, its key,
+        # what came back and how long it took. Answers at DEBUG, trouble at INFO.
+        self.log.log(
+            logging.DEBUG if quiet else logging.INFO,
+            "%s %s key=%s -> %s in %.1f ms",
+            self.provider, what, key, result, (time.monotonic() - started) * 1000,
+        )  # fmt: skip
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """The Retry-After header in seconds (it may be seconds or an HTTP date)."""
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def json_object(response: httpx.Response) -> JSONObject:
+    try:
+        value: object = response.json()
+    except ValueError as exc:
+        raise MalformedAnswerError("body is not JSON") from exc
+    return as_object(value)
+
+
+def as_object(value: object) -> JSONObject:
+    if not isinstance(value, dict):
+        raise MalformedAnswerError("expected a JSON object")
+    return value
+
+
+def get_list(obj: JSONObject, name: str) -> list[object]:
+    value = obj.get(name)
+    if not isinstance(value, list):
+        raise MalformedAnswerError(f"{name} is not a list")
+    return value
+
+
+def get_str(obj: JSONObject, name: str) -> str:
+    value = obj.get(name)
+    if not isinstance(value, str) or not value:
+        raise MalformedAnswerError(f"{name} is not a non-empty string")
+    return value
+
+
+def get_int(obj: JSONObject, name: str) -> int:
+    value = obj.get(name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedAnswerError(f"{name} is not an integer")
+    return value
+
+
+def optional_str(obj: JSONObject, name: str) -> str:
+    value = obj.get(name)
+    return value if isinstance(value, str) else ""
