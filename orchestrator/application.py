@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -51,6 +51,7 @@ from orchestrator.ports import (
     ProviderOutcome,
     ProviderOutcomeUnknown,
 )
+from orchestrator.resilience.provider import Stats
 from orchestrator.routing import Route, Router
 
 log = logging.getLogger("payorch.payments")
@@ -61,6 +62,9 @@ LEASE_GRACE = timedelta(seconds=1)
 # Optimistic-concurrency retries when another command moved the payment between read and save.
 MAX_CONFLICTS = 8
 _POLL_START, _POLL_MAX = 0.005, 0.1
+# Seconds between lookups of an operation in doubt, like Kill Bill's janitor: minutes, then
+# hours. After the last step the payment is flagged for manual review.
+DEFAULT_RECOVERY_SCHEDULE = (60.0, 300.0, 900.0, 3600.0, 3 * 3600.0, 12 * 3600.0, 24 * 3600.0)
 
 
 def utc_now() -> datetime:
@@ -80,11 +84,16 @@ class Payments(Application[UUID]):
         router: Router,
         clock: Callable[[], datetime] = utc_now,
         sleep: Callable[[float], None] = time.sleep,
+        recovery_schedule: Sequence[float] = DEFAULT_RECOVERY_SCHEDULE,
     ) -> None:
         super().__init__(env)
         self.router = router
         self.clock = clock
         self.sleep = sleep
+        if not recovery_schedule:
+            raise ValueError("the recovery schedule needs at least one step")
+        self.recovery_schedule = tuple(recovery_schedule)
+        self.recovery_stats = Stats()
 
     # --- queries --------------------------------------------------------------------------
 
@@ -116,7 +125,14 @@ class Payments(Application[UUID]):
             raise NoProviderAvailable(
                 f"no provider serves region {cmd.region} in {cmd.currency}", region=cmd.region
             )
-        route = routes[0]
+        available = [r for r in routes if r.available()]
+        if not available:
+            raise NoProviderAvailable(
+                f"every provider for region {cmd.region} is unavailable (circuit open)",
+                region=cmd.region,
+                retry_after=min(r.retry_after() for r in routes),
+            )
+        route, fallbacks = available[0], available[1:]
         cause = Cause(scope, cmd.idempotency_key)
         payment = Payment(
             id=payment_id_for(cid),
@@ -138,7 +154,7 @@ class Payments(Application[UUID]):
             self.save(payment, record)
         except IntegrityError:
             return self._replay_after_conflict(cid, cmd, record, answer_by)
-        return self._perform(payment, record, op)
+        return self._perform(payment, record, op, answer_by, fallbacks)
 
     def capture_payment(
         self, request: CapturePayment, *, scope: str, answer_by: float | None = None
@@ -188,6 +204,10 @@ class Payments(Application[UUID]):
             return replayed
         for _ in range(MAX_CONFLICTS):
             payment = self.get_payment(cmd.payment_id)
+            if self._lease_over(payment):
+                # Never act on a guess: ask the provider what became of the operation in
+                # doubt before starting another one.
+                payment = self.resolve(payment.id)
             try:
                 op = start(payment, Cause(scope, cmd.idempotency_key))
             except DomainError:
@@ -203,7 +223,7 @@ class Payments(Application[UUID]):
                 if self._find_command(cid) is not None:
                     return self._replay_after_conflict(cid, cmd, record, answer_by)
                 continue  # another command moved the payment on: read it again and re-check
-            return self._perform(payment, record, op)
+            return self._perform(payment, record, op, answer_by)
         raise ConcurrentModification("the payment kept changing; retry with the same key")
 
     def _command_record(
@@ -228,32 +248,64 @@ class Payments(Application[UUID]):
 
     # --- calling the provider and recording what it said ----------------------------------
 
-    def _perform(self, payment: Payment, record: CommandRecord, op: Operation) -> Payment:
-        route = self.router.route(op.provider)
-        remaining = (op.deadline - self.clock()).total_seconds()
-        request = self._provider_operation(payment, op, record)
-        started = time.monotonic()
-        try:
-            if remaining <= 0:
-                raise ProviderNotReached("the operation's deadline passed before the call")
-            outcome = self._call(route, op.kind, request, remaining)
-        except ProviderNotReached as e:
-            outcome = ProviderOutcome(OutcomeStatus.FAILED, message=f"provider unreachable: {e}")
-        except ProviderOutcomeUnknown as e:
-            log.warning(
-                "outcome unknown: payment=%s op=%s provider=%s: %s",
-                payment.id, op.sequence, op.provider, e.message,
-            )  # fmt: skip
-            return self._record_outcome(payment, record, op, None, message=e.message)
-        log.info(
-            "provider %s %s payment=%s -> %s in %.1f ms",
-            op.provider, op.kind.value, payment.id, outcome.status.value,
-            (time.monotonic() - started) * 1000,
+    def _perform(
+        self,
+        payment: Payment,
+        record: CommandRecord,
+        op: Operation,
+        answer_by: float | None,
+        fallbacks: Sequence[Route] = (),
+    ) -> Payment:
+        while True:
+            route = self.router.route(op.provider)
+            budget = (op.deadline - self.clock()).total_seconds()
+            if answer_by is not None:  # never past the caller's own deadline
+                budget = min(budget, answer_by - time.monotonic())
+            try:
+                if budget <= 0:
+                    raise ProviderNotReached("not attempted: no time was left for the call")
+                outcome = self._call(route, op.kind, self._provider_operation(payment, op), budget)
+            except ProviderNotReached as e:
+                fallback = next((r for r in fallbacks if r.available()), None)
+                if fallback is None or op.kind is not Kind.AUTHORIZE:
+                    outcome = ProviderOutcome(OutcomeStatus.FAILED, message=e.message)
+                else:
+                    # Certainly not charged: the next provider may try, with a new attempt.
+                    fallbacks = fallbacks[fallbacks.index(fallback) + 1 :]
+                    moved = self._fail_over(payment, record, op, fallback, e.message)
+                    if moved is None:
+                        return self._result_now(record)
+                    payment, record, op = moved
+                    continue
+            except ProviderOutcomeUnknown as e:
+                log.warning(
+                    "outcome unknown: payment=%s op=%s provider=%s: %s",
+                    payment.id, op.sequence, op.provider, e.message,
+                )  # fmt: skip
+                return self._record_outcome(payment, record, op, None, message=e.message)
+            log.debug("payment=%s op=%s -> %s", payment.id, op.sequence, outcome.status.value)
+            return self._record_outcome(payment, record, op, outcome)
+
+    def _fail_over(
+        self, payment: Payment, record: CommandRecord, op: Operation, route: Route, why: str
+    ) -> tuple[Payment, CommandRecord, Operation] | None:
+        log.warning(
+            "payment=%s fails over from %s to %s: %s",
+            payment.id, op.provider, route.provider.name, why,
         )  # fmt: skip
-        return self._record_outcome(payment, record, op, outcome)
+        moved = payment.fail_over(
+            op.sequence, provider=route.provider.name, deadline=self._deadline(route), message=why
+        )
+        record.extend_lease(moved.deadline + LEASE_GRACE)
+        try:
+            self.save(payment, record)
+        except IntegrityError:
+            return None  # someone else acted on the payment meanwhile: answer with its state
+        return payment, record, moved
 
     @staticmethod
     def _call(route: Route, kind: Kind, request: ProviderOperation, timeout: float) -> Any:
+        """The provider call for ``kind``, within ``timeout`` and the route's own budget."""
         provider = route.provider
         call = {
             Kind.AUTHORIZE: provider.authorize,
@@ -264,9 +316,7 @@ class Payments(Application[UUID]):
         return call(request, timeout=min(timeout, route.timeout))
 
     @staticmethod
-    def _provider_operation(
-        payment: Payment, op: Operation, record: CommandRecord
-    ) -> ProviderOperation:
+    def _provider_operation(payment: Payment, op: Operation) -> ProviderOperation:
         return ProviderOperation(
             kind=OperationKind(op.kind.value),
             payment_id=str(payment.id),
@@ -309,6 +359,78 @@ class Payments(Application[UUID]):
                 continue
             return payment
         raise ConcurrentModification("could not record the provider's answer; retry with the key")
+
+    # --- resolving an operation in doubt ------------------------------------------------
+
+    def _lease_over(self, payment: Payment) -> bool:
+        op = payment.operation_in_doubt
+        return op is not None and self.clock() >= op.deadline + LEASE_GRACE
+
+    def lookup_due(self, payment: Payment) -> bool:
+        """Whether the recovery schedule says to ask the provider about this payment now."""
+        op = payment.operation_in_doubt
+        if op is None or op.review_required or not self._lease_over(payment):
+            return False
+        if op.last_checked is None:
+            return True
+        wait = self.recovery_schedule[min(op.lookups, len(self.recovery_schedule)) - 1]
+        return self.clock() >= op.last_checked + timedelta(seconds=wait)
+
+    def resolve(self, payment_id: UUID) -> Payment:
+        """Asks the provider what became of the payment's operation in doubt, and records
+        what it learns. Harmless when several replicas do it at once: a provider that honours
+        keys deduplicates a re-send, and the event store refuses all but one record of it."""
+        payment = self.get_payment(payment_id)
+        op = payment.operation_in_doubt
+        if op is None or op.review_required or not self._lease_over(payment):
+            return payment
+        route = self.router.route(op.provider)
+        request = self._provider_operation(payment, op)
+        message = "the provider has no record of it yet"
+        found: ProviderOutcome | None = None
+        try:
+            found = route.provider.lookup(request, timeout=route.timeout)
+            if found is None and route.provider.honors_idempotency_keys:
+                # Safe only because the provider deduplicates the key: if the first request
+                # did arrive, this returns its result; if it did not, this makes it now.
+                found = self._call(route, op.kind, request, route.timeout)
+        except (ProviderNotReached, ProviderOutcomeUnknown) as e:
+            message = e.message
+        self.recovery_stats.add("lookups")
+        return self._record_resolution(payment.id, op.sequence, found, message)
+
+    def _record_resolution(
+        self, payment_id: UUID, sequence: int, found: ProviderOutcome | None, message: str
+    ) -> Payment:
+        for _ in range(MAX_CONFLICTS):
+            payment = self.get_payment(payment_id)
+            op = payment.operation(sequence)
+            if op.status not in IN_DOUBT or op.review_required:
+                return payment  # another replica recorded it first
+            changed: list[Any] = [payment]
+            if found is not None:
+                _apply(payment, op, found, "")
+                record = self._find_command(command_id(op.scope, op.idempotency_key))
+                if record is not None and not record.completed:
+                    record.complete(payment_version=payment.version, in_doubt=False)
+                    changed.append(record)
+                self.recovery_stats.add("resolved")
+            else:
+                payment.record_still_unknown(sequence, checked_at=self.clock(), message=message)
+                if payment.operation(sequence).lookups > len(self.recovery_schedule):
+                    payment.require_review(
+                        sequence, message=f"unresolved after {op.lookups + 1} lookups: {message}"
+                    )
+                    self.recovery_stats.add("review_required")
+            try:
+                self.save(*changed)
+            except IntegrityError:
+                continue
+            return payment
+        raise ConcurrentModification("could not record what the provider said")
+
+    def _result_now(self, record: CommandRecord) -> Payment:
+        return self.get_payment(record.payment_id)
 
     # --- replaying a known command --------------------------------------------------------
 

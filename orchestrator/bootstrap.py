@@ -1,22 +1,35 @@
-"""The composition root: settings in, a wired application (store, providers, routes) out."""
+"""The composition root: settings in, a wired application (store, providers, policies,
+routes) out. The only module that knows which adapter implements which provider type."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters.sandbox import SandboxAdapter
-from orchestrator.application import Payments
+from orchestrator.application import DEFAULT_RECOVERY_SCHEDULE, Payments
+from orchestrator.ports import PaymentProvider
+from orchestrator.resilience.breaker import BreakerPolicy, CircuitBreaker
+from orchestrator.resilience.provider import CallPolicy, ResilientProvider, Stats
+from orchestrator.resilience.retry import RetryPolicy
 from orchestrator.routing import DEFAULT_ROUTE, Route, Router
 from orchestrator.store import DEFAULT_DATABASE_URL, parse_database_url, schema_lock
 
 log = logging.getLogger("payorch")
 
-DEFAULT_PROVIDER_TIMEOUT = 3.0
+# Provider type -> the adapter module whose from_config(name, table) builds it.
+ADAPTERS = {
+    "sandbox": "adapters.sandbox",
+    "stripe": "adapters.stripe",
+    "razorpay": "adapters.razorpay",
+    "adyen": "adapters.adyen",
+}
+DEFAULT_TIMEOUT = 3.0  # seconds: one provider call, retries included
 
 
 @dataclass(frozen=True)
@@ -46,37 +59,98 @@ class Settings:
         return cls(**values)
 
 
-def load_router(config_path: str | None, sandbox_url: str | None) -> Router:
-    """Providers and routes from the TOML file; without one, every region goes to the
-    sandbox at ``sandbox_url``."""
+@dataclass(frozen=True)
+class RecoverySettings:
+    schedule: tuple[float, ...] = DEFAULT_RECOVERY_SCHEDULE
+    interval: float = 1.0  # seconds between scans for operations in doubt
+
+
+@dataclass(frozen=True)
+class Configuration:
+    router: Router
+    recovery: RecoverySettings
+    stats: Stats  # what the resilient layer did, across every provider
+
+
+def load_configuration(config_path: str | None, sandbox_url: str | None) -> Configuration:
+    """Providers, routes and recovery from the TOML file; without one, every region goes to
+    the sandbox at ``sandbox_url`` with the default policies."""
+    stats = Stats()
     if config_path is None:
         if sandbox_url is None:
             raise ValueError("no provider configuration and no sandbox URL")
-        route = Route(SandboxAdapter(sandbox_url), timeout=DEFAULT_PROVIDER_TIMEOUT)
-        return Router({"sandbox": route}, {DEFAULT_ROUTE: ["sandbox"]})
+        spec = {"type": "sandbox", "base_url": sandbox_url}
+        router = Router(
+            {"sandbox": build_route("sandbox", spec, stats)}, {DEFAULT_ROUTE: ["sandbox"]}
+        )
+        return Configuration(router, RecoverySettings(), stats)
     config = tomllib.loads(Path(config_path).read_text())
     providers = {
-        name: _build_route(name, spec, sandbox_url)
+        name: build_route(name, _with_sandbox_url(spec, sandbox_url), stats)
         for name, spec in config.get("providers", {}).items()
     }
     routes = {str(key): list(names) for key, names in config.get("routes", {}).items()}
-    return Router(providers, routes)
+    return Configuration(Router(providers, routes), _recovery(config.get("recovery", {})), stats)
 
 
-def _build_route(name: str, spec: dict[str, Any], sandbox_url: str | None) -> Route:
-    kind = spec.get("type", name)
-    timeout = float(spec.get("timeout", DEFAULT_PROVIDER_TIMEOUT))
-    if kind == "sandbox":
-        base_url = spec.get("base_url") or sandbox_url
-        if not base_url:
-            raise ValueError(f"provider {name!r}: base_url is required")
-        adapter = SandboxAdapter(base_url, name=name)
+def load_router(config_path: str | None, sandbox_url: str | None) -> Router:
+    return load_configuration(config_path, sandbox_url).router
+
+
+def _with_sandbox_url(spec: Mapping[str, Any], sandbox_url: str | None) -> dict[str, Any]:
+    spec = dict(spec)
+    if spec.get("type") == "sandbox" and not spec.get("base_url") and sandbox_url:
+        spec["base_url"] = sandbox_url
+    return spec
+
+
+def build_route(name: str, spec: Mapping[str, Any], stats: Stats) -> Route:
+    """One provider: its adapter, wrapped in its own breaker, retries and timeouts."""
+    kind = str(spec.get("type", name))
+    if kind not in ADAPTERS:
+        raise ValueError(f"provider {name!r}: unknown type {kind!r} (known: {sorted(ADAPTERS)})")
+    adapter: PaymentProvider = importlib.import_module(ADAPTERS[kind]).from_config(name, spec)
+    timeout = float(spec.get("timeout", DEFAULT_TIMEOUT))
+    if not spec.get("resilient", True):
+        # The bare adapter: only to measure what the resilient path costs.
         return Route(adapter, timeout=timeout)
-    raise ValueError(f"provider {name!r}: unknown type {kind!r}")
+    retry = RetryPolicy(**_numbers(spec.get("retry", {}), RetryPolicy, name))
+    retry = RetryPolicy(retry.base, retry.maximum, retry.max_attempts, min(retry.max_time, timeout))
+    breaker = CircuitBreaker(
+        name, BreakerPolicy(**_numbers(spec.get("breaker", {}), BreakerPolicy, name))
+    )
+    policy = CallPolicy(attempt_timeout=float(spec.get("attempt_timeout", timeout)), retry=retry)
+    provider = ResilientProvider(adapter, breaker, policy, stats=stats)
+    return Route(provider, timeout=timeout, breaker=breaker)
 
 
-def build_payments(database_url: str, router: Router) -> Payments:
+def _numbers(table: Mapping[str, Any], policy: type, owner: str) -> dict[str, Any]:
+    names = {"max": "maximum"}
+    fields = set(policy.__dataclass_fields__)  # type: ignore[attr-defined]
+    values = {names.get(k, k): v for k, v in table.items()}
+    unknown = set(values) - fields
+    if unknown:
+        raise ValueError(
+            f"provider {owner!r}: unknown {policy.__name__} settings {sorted(unknown)}"
+        )
+    return values
+
+
+def _recovery(table: Mapping[str, Any]) -> RecoverySettings:
+    schedule: Sequence[float] = table.get("schedule", DEFAULT_RECOVERY_SCHEDULE)
+    return RecoverySettings(
+        schedule=tuple(float(s) for s in schedule), interval=float(table.get("interval", 1.0))
+    )
+
+
+def build_payments(
+    database_url: str, router: Router, *, recovery_schedule: Sequence[float] | None = None
+) -> Payments:
     store = parse_database_url(database_url)
     log.info("event store: %s", store.display)
     with schema_lock(store):
-        return Payments(env=store.env, router=router)
+        return Payments(
+            env=store.env,
+            router=router,
+            recovery_schedule=recovery_schedule or DEFAULT_RECOVERY_SCHEDULE,
+        )

@@ -12,7 +12,8 @@ from types import FrameType
 from adapters.sandbox import start_sandbox
 from adapters.sandbox.server import run_sandbox
 from orchestrator.api.server import create_server
-from orchestrator.bootstrap import Settings, build_payments, load_router
+from orchestrator.bootstrap import Settings, build_payments, load_configuration
+from orchestrator.recovery import RecoveryWorker
 
 log = logging.getLogger("payorch")
 
@@ -74,8 +75,11 @@ def serve_forever(settings: Settings) -> int:
         sandbox_url = sandbox.url
         log.info("sandbox provider (in-process) listening on %s", sandbox_url)
     try:
-        router = load_router(settings.config, sandbox_url)
-        app = build_payments(settings.database_url, router)
+        config = load_configuration(settings.config, sandbox_url)
+        router = config.router
+        app = build_payments(
+            settings.database_url, router, recovery_schedule=config.recovery.schedule
+        )
         server = create_server(settings.grpc_listen, app, max_workers=settings.grpc_workers)
     except Exception as e:  # start-up failures end the process with a message, not a trace
         log.error("cannot start: %s: %s", type(e).__name__, e)
@@ -86,8 +90,10 @@ def serve_forever(settings: Settings) -> int:
     server.start()
     host = settings.grpc_listen.rsplit(":", 1)[0]
     log.info("payorch gRPC listening on %s:%d", host, server.port)
+    recovery = RecoveryWorker(app, interval=config.recovery.interval).start()
     stop.wait()
     server.stop(grace=10)
+    recovery.stop()
     app.close()
     if sandbox is not None:
         sandbox.stop()

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from orchestrator.ports import PaymentProvider
+from orchestrator.resilience.breaker import CircuitBreaker
 
 DEFAULT_ROUTE = "*"
 
@@ -15,7 +16,15 @@ DEFAULT_ROUTE = "*"
 @dataclass(frozen=True)
 class Route:
     provider: PaymentProvider
-    timeout: float  # the whole budget of one provider call, in seconds
+    timeout: float  # the whole budget of one provider call, retries included, in seconds
+    breaker: CircuitBreaker | None = None
+
+    def available(self) -> bool:
+        """Whether a call would be let through now: an open circuit fails fast."""
+        return self.breaker is None or self.breaker.allows()
+
+    def retry_after(self) -> float:
+        return 0.0 if self.breaker is None else self.breaker.retry_after()
 
 
 class Router:

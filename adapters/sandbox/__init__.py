@@ -8,9 +8,9 @@ charge twice, a wrong "unknown" only costs a lookup.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 from urllib.parse import quote
 
 import httpx
@@ -37,7 +37,7 @@ from orchestrator.ports import (
     ProviderOutcomeUnknown,
 )
 
-__all__ = ["SandboxAdapter", "SandboxServer", "start_sandbox"]
+__all__ = ["SandboxAdapter", "SandboxServer", "from_config", "start_sandbox"]
 
 _LIVE_STATUSES: Final = frozenset({"authorized", "captured", "voided"})
 
@@ -347,3 +347,16 @@ def _find_refund(key: str, payment: JSONObject) -> ProviderOutcome | None:
                 captured_amount=get_int(refund, "amount"),
             )
     return None
+
+
+def from_config(name: str, spec: Mapping[str, Any]) -> SandboxAdapter:
+    """The adapter from its configuration table (the sandbox needs no credentials)."""
+    base_url = spec.get("base_url")
+    if not base_url:
+        raise ValueError(f"provider {name!r}: base_url is required")
+    return SandboxAdapter(
+        str(base_url),
+        name=name,
+        connect_timeout=float(spec.get("connect_timeout", 1.0)),
+        honors_idempotency_keys=bool(spec.get("honors_idempotency_keys", True)),
+    )

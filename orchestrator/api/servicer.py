@@ -41,6 +41,7 @@ _STATUSES = {
     Status.CANCELED: pb.PAYMENT_STATUS_CANCELED,
     Status.DECLINED: pb.PAYMENT_STATUS_DECLINED,
     Status.FAILED: pb.PAYMENT_STATUS_FAILED,
+    Status.REQUIRES_REVIEW: pb.PAYMENT_STATUS_REQUIRES_REVIEW,
 }
 _KINDS = {
     Kind.AUTHORIZE: pb.OPERATION_KIND_AUTHORIZE,
@@ -163,6 +164,8 @@ def _operation_to_proto(op: Operation) -> pb.Operation:
         provider_reference=op.provider_reference,
         decline_code=op.decline_code,
         failure_message=op.failure_message,
+        lookups=op.lookups,
+        review_required=op.review_required,
     )
 
 

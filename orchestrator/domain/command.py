@@ -56,6 +56,11 @@ class Command(Aggregate):
         payment_version: int
         in_doubt: bool
 
+    class LeaseExtended(Aggregate.Event):
+        """The owner moved on to another provider: its answer will take longer."""
+
+        lease_until: datetime
+
     @event(Accepted)
     def __init__(
         self,
@@ -88,6 +93,14 @@ class Command(Aggregate):
         its provider outcome is not known yet, so a replay shows the payment as it is now."""
         if not self.completed:
             self._completed(payment_version=payment_version, in_doubt=in_doubt)
+
+    def extend_lease(self, until: datetime) -> None:
+        if until > self.lease_until:
+            self._lease_extended(lease_until=until)
+
+    @event(LeaseExtended)
+    def _lease_extended(self, *, lease_until: datetime) -> None:
+        self.lease_until = lease_until
 
     @event(Completed)
     def _completed(self, *, payment_version: int, in_doubt: bool) -> None:

@@ -31,6 +31,7 @@ class Status(enum.StrEnum):
     CANCELED = "canceled"
     DECLINED = "declined"
     FAILED = "failed"
+    REQUIRES_REVIEW = "requires_review"  # an outcome nobody could learn: a person decides
 
 
 TERMINAL = frozenset({Status.DECLINED, Status.FAILED, Status.CANCELED, Status.REFUNDED})
@@ -83,6 +84,11 @@ class Operation:
     provider_reference: str = ""
     decline_code: str = ""
     failure_message: str = ""
+    scope: str = ""  # the command that started it: scope and idempotency key
+    idempotency_key: str = ""
+    lookups: int = 0  # lookups that found nothing so far
+    last_checked: datetime | None = None
+    review_required: bool = False
 
 
 def provider_key(payment_id: UUID, sequence: int, kind: Kind, attempt: int) -> str:
@@ -152,6 +158,29 @@ class Payment(Aggregate):
         sequence: int
         message: str
 
+    class FailedOver(Aggregate.Event):
+        """The attempt certainly moved nothing; a new attempt goes to the next provider."""
+
+        sequence: int
+        attempt: int
+        provider: str
+        provider_key: str
+        deadline: datetime
+        message: str
+
+    class StillUnknown(Aggregate.Event):
+        """A lookup at the provider found nothing yet."""
+
+        sequence: int
+        checked_at: datetime
+        message: str
+
+    class ReviewRequired(Aggregate.Event):
+        """The schedule of lookups ran out: flagged for a person, never failed by guessing."""
+
+        sequence: int
+        message: str
+
     @event(Requested)
     def __init__(
         self,
@@ -188,8 +217,9 @@ class Payment(Aggregate):
 
     @property
     def status(self) -> Status:
-        if self.operation_in_doubt is not None:
-            return Status.PROCESSING
+        in_doubt = self.operation_in_doubt
+        if in_doubt is not None:
+            return Status.REQUIRES_REVIEW if in_doubt.review_required else Status.PROCESSING
         if self.closed_as is not None:
             return self.closed_as
         if not self.authorized:
@@ -336,6 +366,8 @@ class Payment(Aggregate):
                 attempt=attempt,
                 deadline=deadline,
                 reason=reason,
+                scope=scope,
+                idempotency_key=idempotency_key,
             )
         )
         self.provider = provider
@@ -377,6 +409,37 @@ class Payment(Aggregate):
         op = self._in_doubt(sequence)
         if op.status is OpStatus.PENDING:
             self._outcome_unknown(sequence=sequence, message=message)
+
+    def fail_over(
+        self, sequence: int, *, provider: str, deadline: datetime, message: str
+    ) -> Operation:
+        """Moves an authorization whose attempt certainly did not charge to another provider.
+        Never while its outcome is in doubt: only a pending attempt the caller knows was not
+        processed may move, and only an authorization (follow-ups stay with their provider)."""
+        op = self._in_doubt(sequence)
+        if op.kind is not Kind.AUTHORIZE or op.status is not OpStatus.PENDING:
+            raise TransitionNotAllowed(
+                f"operation {sequence} cannot move to another provider",
+                reason="FAILOVER_NOT_ALLOWED",
+            )
+        attempt = op.attempt + 1
+        self._failed_over(
+            sequence=sequence,
+            attempt=attempt,
+            provider=provider,
+            provider_key=provider_key(self.id, sequence, op.kind, attempt),
+            deadline=deadline,
+            message=message,
+        )
+        return self.operation(sequence)
+
+    def record_still_unknown(self, sequence: int, *, checked_at: datetime, message: str) -> None:
+        self._in_doubt(sequence)
+        self._still_unknown(sequence=sequence, checked_at=checked_at, message=message)
+
+    def require_review(self, sequence: int, *, message: str) -> None:
+        if not self._in_doubt(sequence).review_required:
+            self._review_required(sequence=sequence, message=message)
 
     def _in_doubt(self, sequence: int) -> Operation:
         if not 0 < sequence <= len(self.operations):
@@ -434,3 +497,39 @@ class Payment(Aggregate):
     @event(OutcomeUnknown)
     def _outcome_unknown(self, *, sequence: int, message: str) -> None:
         self._settle(sequence, status=OpStatus.UNKNOWN, failure_message=message)
+
+    @event(FailedOver)
+    def _failed_over(
+        self,
+        *,
+        sequence: int,
+        attempt: int,
+        provider: str,
+        provider_key: str,
+        deadline: datetime,
+        message: str,
+    ) -> None:
+        self._settle(
+            sequence,
+            attempt=attempt,
+            provider=provider,
+            provider_key=provider_key,
+            deadline=deadline,
+            failure_message=message,
+        )
+        self.provider = provider
+
+    @event(StillUnknown)
+    def _still_unknown(self, *, sequence: int, checked_at: datetime, message: str) -> None:
+        op = self.operation(sequence)
+        self._settle(
+            sequence,
+            status=OpStatus.UNKNOWN,
+            lookups=op.lookups + 1,
+            last_checked=checked_at,
+            failure_message=message,
+        )
+
+    @event(ReviewRequired)
+    def _review_required(self, *, sequence: int, message: str) -> None:
+        self._settle(sequence, review_required=True, failure_message=message)

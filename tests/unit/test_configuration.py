@@ -104,3 +104,23 @@ def test_a_provider_of_unknown_type_is_refused(tmp_path: Path) -> None:
     path.write_text('[providers.x]\ntype = "carrier-pigeon"\n')
     with pytest.raises(ValueError, match="unknown type"):
         load_router(str(path), None)
+
+
+def test_secrets_come_from_the_environment_or_a_file_never_inline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.secrets import secret_from
+
+    monkeypatch.setenv("STRIPE_TEST_KEY", "sk_test_123")
+    secret = secret_from({"secret_key_env": "STRIPE_TEST_KEY"}, "secret_key", owner="stripe")
+    assert secret.reveal() == "sk_test_123"
+    assert "sk_test_123" not in repr(secret) and "sk_test_123" not in str(secret)
+    (tmp_path / "key").write_text("sk_file_456\n")
+    from_file = secret_from({"secret_key_file": str(tmp_path / "key")}, "secret_key", owner="s")
+    assert from_file.reveal() == "sk_file_456"
+    with pytest.raises(ValueError, match="must not be written"):
+        secret_from({"secret_key": "sk_live_oops"}, "secret_key", owner="stripe")
+    with pytest.raises(ValueError, match="MISSING_VAR"):
+        secret_from({"secret_key_env": "MISSING_VAR"}, "secret_key", owner="stripe")
+    with pytest.raises(ValueError, match="required"):
+        secret_from({}, "secret_key", owner="stripe")

@@ -27,6 +27,7 @@ class PaymentStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PAYMENT_STATUS_CANCELED: _ClassVar[PaymentStatus]
     PAYMENT_STATUS_DECLINED: _ClassVar[PaymentStatus]
     PAYMENT_STATUS_FAILED: _ClassVar[PaymentStatus]
+    PAYMENT_STATUS_REQUIRES_REVIEW: _ClassVar[PaymentStatus]
 
 class OperationKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -56,6 +57,7 @@ PAYMENT_STATUS_REFUNDED: PaymentStatus
 PAYMENT_STATUS_CANCELED: PaymentStatus
 PAYMENT_STATUS_DECLINED: PaymentStatus
 PAYMENT_STATUS_FAILED: PaymentStatus
+PAYMENT_STATUS_REQUIRES_REVIEW: PaymentStatus
 OPERATION_KIND_UNSPECIFIED: OperationKind
 OPERATION_KIND_AUTHORIZE: OperationKind
 OPERATION_KIND_CAPTURE: OperationKind
@@ -138,7 +140,7 @@ class ListPaymentEventsRequest(_message.Message):
     def __init__(self, payment_id: _Optional[str] = ...) -> None: ...
 
 class Operation(_message.Message):
-    __slots__ = ("sequence", "kind", "status", "amount", "provider", "provider_key", "attempt", "provider_reference", "decline_code", "failure_message")
+    __slots__ = ("sequence", "kind", "status", "amount", "provider", "provider_key", "attempt", "provider_reference", "decline_code", "failure_message", "lookups", "review_required")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +151,8 @@ class Operation(_message.Message):
     PROVIDER_REFERENCE_FIELD_NUMBER: _ClassVar[int]
     DECLINE_CODE_FIELD_NUMBER: _ClassVar[int]
     FAILURE_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    LOOKUPS_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     kind: OperationKind
     status: OperationStatus
@@ -159,7 +163,9 @@ class Operation(_message.Message):
     provider_reference: str
     decline_code: str
     failure_message: str
-    def __init__(self, sequence: _Optional[int] = ..., kind: _Optional[_Union[OperationKind, str]] = ..., status: _Optional[_Union[OperationStatus, str]] = ..., amount: _Optional[int] = ..., provider: _Optional[str] = ..., provider_key: _Optional[str] = ..., attempt: _Optional[int] = ..., provider_reference: _Optional[str] = ..., decline_code: _Optional[str] = ..., failure_message: _Optional[str] = ...) -> None: ...
+    lookups: int
+    review_required: bool
+    def __init__(self, sequence: _Optional[int] = ..., kind: _Optional[_Union[OperationKind, str]] = ..., status: _Optional[_Union[OperationStatus, str]] = ..., amount: _Optional[int] = ..., provider: _Optional[str] = ..., provider_key: _Optional[str] = ..., attempt: _Optional[int] = ..., provider_reference: _Optional[str] = ..., decline_code: _Optional[str] = ..., failure_message: _Optional[str] = ..., lookups: _Optional[int] = ..., review_required: _Optional[bool] = ...) -> None: ...
 
 class Payment(_message.Message):
     __slots__ = ("payment_id", "status", "amount", "currency", "captured_amount", "refunded_amount", "region", "provider", "provider_reference", "reference", "decline_code", "failure_message", "metadata", "version", "created_at", "updated_at", "capture_mode", "operations")

@@ -1,0 +1,96 @@
+"""The recovery worker: resolves operations whose outcome nobody could see.
+
+It follows the event log (every replica runs one, each tracking its own position) to learn
+which payments started an operation, then asks each payment's provider what became of an
+operation still in doubt once its lease is over, on the application's schedule (fast in tests;
+minutes, then hours in production), until it is resolved or flagged for review.
+
+Two replicas may look up the same payment at once: that is harmless. Lookups move no money,
+a re-send goes only to providers that deduplicate its key, and the event store accepts one
+record of what was learnt (the other save conflicts and finds it already resolved).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from uuid import UUID
+
+from eventsourcing.utils import get_topic
+
+from orchestrator.application import Payments
+from orchestrator.domain.errors import DomainError, PaymentNotFound
+from orchestrator.domain.payment import Payment
+
+log = logging.getLogger("payorch.recovery")
+
+# Events after which a payment may have an operation in doubt.
+_TOPICS = [
+    get_topic(event)
+    for event in (
+        Payment.OperationStarted,
+        Payment.FailedOver,
+        Payment.OutcomeUnknown,
+        Payment.StillUnknown,
+    )
+]
+_PAGE = 500
+
+
+class RecoveryWorker:
+    def __init__(self, app: Payments, *, interval: float = 1.0) -> None:
+        self.app = app
+        self.interval = interval
+        self.position = 0  # the last notification read
+        self.candidates: set[UUID] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def scan(self) -> None:
+        """Reads what was recorded since the last scan."""
+        while True:
+            page = self.app.recorder.select_notifications(
+                start=self.position, limit=_PAGE, topics=_TOPICS, inclusive_of_start=False
+            )
+            for notification in page:
+                self.candidates.add(UUID(str(notification.originator_id)))
+                self.position = notification.id
+            if len(page) < _PAGE:
+                return
+
+    def run_once(self) -> int:
+        """One pass: returns how many payments it asked a provider about."""
+        self.scan()
+        asked = 0
+        for payment_id in sorted(self.candidates):
+            try:
+                payment = self.app.get_payment(payment_id)
+                if payment.operation_in_doubt is None or payment.operation_in_doubt.review_required:
+                    self.candidates.discard(payment_id)
+                elif self.app.lookup_due(payment):
+                    resolved = self.app.resolve(payment_id)
+                    asked += 1
+                    log.info("payment %s is now %s", payment_id, resolved.status.value)
+            except PaymentNotFound:
+                self.candidates.discard(payment_id)
+            except DomainError as e:
+                log.warning("could not resolve payment %s: %s", payment_id, e.message)
+        return asked
+
+    def start(self) -> RecoveryWorker:
+        self._thread = threading.Thread(target=self._run, name="recovery", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # a bad pass must not end recovery: log it and go on
+                log.exception("recovery pass failed")
+            self._stop.wait(self.interval)

@@ -1,0 +1,234 @@
+"""A provider behind its breaker, with retries and timeouts: the port, made resilient.
+
+For each call: the breaker admits it or refuses at once (fail fast, nothing sent); each
+attempt is bounded by the per-attempt timeout and by what remains of the call's budget; only
+errors the adapter classified as retryable are retried, always with the same provider key.
+After an outcome that cannot be known, a provider that would not deduplicate a re-sent request
+(or that replays a stored error) is asked what happened instead, and nothing is re-sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from orchestrator.ports import (
+    PaymentProvider,
+    ProviderError,
+    ProviderNotReached,
+    ProviderOperation,
+    ProviderOutcome,
+    ProviderOutcomeUnknown,
+)
+from orchestrator.resilience.breaker import CircuitBreaker, Permit
+from orchestrator.resilience.retry import Jitter, RetryPolicy, delays, full_jitter
+
+log = logging.getLogger("payorch.resilience")
+
+_MIN_ATTEMPT = 0.01  # seconds: less than this left is no time for an attempt
+
+
+@dataclass(frozen=True)
+class CallPolicy:
+    attempt_timeout: float = 3.0  # seconds: one attempt (connect and read)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+class Stats:
+    """Counters of what the resilient layer did, for logs, tests and the soak report."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+
+    def add(self, name: str) -> None:
+        with self._lock:
+            self._counts[name] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+Call = Callable[..., ProviderOutcome]
+
+
+class CircuitOpen(ProviderNotReached):
+    """The breaker refused the call: nothing was sent."""
+
+
+class ResilientProvider:
+    def __init__(
+        self,
+        inner: PaymentProvider,
+        breaker: CircuitBreaker,
+        policy: CallPolicy | None = None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        jitter: Jitter | None = None,
+        stats: Stats | None = None,
+    ) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.honors_idempotency_keys = inner.honors_idempotency_keys
+        self.breaker = breaker
+        self.policy = policy or CallPolicy()
+        self._sleep, self._clock = sleep, clock
+        self._jitter = jitter or full_jitter()
+        self.stats = stats or Stats()
+
+    def authorize(self, operation: ProviderOperation, *, timeout: float) -> ProviderOutcome:
+        return self._call(self.inner.authorize, operation, timeout)
+
+    def capture(self, operation: ProviderOperation, *, timeout: float) -> ProviderOutcome:
+        return self._call(self.inner.capture, operation, timeout)
+
+    def cancel(self, operation: ProviderOperation, *, timeout: float) -> ProviderOutcome:
+        return self._call(self.inner.cancel, operation, timeout)
+
+    def refund(self, operation: ProviderOperation, *, timeout: float) -> ProviderOutcome:
+        return self._call(self.inner.refund, operation, timeout)
+
+    def lookup(self, operation: ProviderOperation, *, timeout: float) -> ProviderOutcome | None:
+        """A lookup is a read: retried like any call, and it never moves money."""
+        started = self._clock()
+        budget = min(timeout, self.policy.retry.max_time)
+        waits = delays(self.policy.retry, self._jitter)
+        attempt = 0
+        while True:
+            attempt += 1
+            self.stats.add("lookups")
+            try:
+                return self._attempt(self.inner.lookup, operation, budget - self._elapsed(started))
+            except ProviderError as e:
+                if not self._wait_before_retry(
+                    e,
+                    attempt=attempt,
+                    started=started,
+                    budget=budget,
+                    waits=waits,
+                    operation=operation,
+                ):
+                    raise
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def _call(self, call: Call, operation: ProviderOperation, timeout: float) -> ProviderOutcome:
+        started = self._clock()
+        budget = min(timeout, self.policy.retry.max_time)
+        waits = delays(self.policy.retry, self._jitter)
+        in_doubt: ProviderOutcomeUnknown | None = None
+        attempt = 0
+        while True:
+            attempt += 1
+            self.stats.add("attempts")
+            try:
+                outcome = self._attempt(call, operation, budget - self._elapsed(started))
+                assert outcome is not None
+                return outcome
+            except ProviderOutcomeUnknown as e:
+                in_doubt = e
+                self.stats.add("unknown")
+                if e.lookup_first or not self.honors_idempotency_keys:
+                    return self._look_instead_of_resending(operation, e, started, budget)
+                error: ProviderError = e
+            except ProviderNotReached as e:
+                self.stats.add("not_reached")
+                error = e
+            if not self._wait_before_retry(
+                error,
+                attempt=attempt,
+                started=started,
+                budget=budget,
+                waits=waits,
+                operation=operation,
+            ):
+                # Once an attempt may have moved money, the call as a whole is in doubt,
+                # whatever later attempts said: never report it as "not reached".
+                raise in_doubt or error
+
+    def _attempt(
+        self, call: Callable[..., ProviderOutcome | None], operation: ProviderOperation,
+        remaining: float,
+    ) -> ProviderOutcome | None:  # fmt: skip
+        if remaining < _MIN_ATTEMPT:
+            raise ProviderNotReached(f"{self.name}: no time left for an attempt")
+        permit = self.breaker.acquire()
+        if permit is None:
+            self.stats.add("breaker_rejected")
+            raise CircuitOpen(
+                f"{self.name}: circuit open",
+                retry_after=self.breaker.retry_after(),
+                breaker_failure=False,
+            )
+        started = self._clock()
+        try:
+            outcome = call(operation, timeout=min(self.policy.attempt_timeout, remaining))
+        except ProviderError as e:
+            self._record(permit, e)
+            log.info(
+                "%s %s key=%s failed after %.1f ms: %s",
+                self.name, operation.kind.value, operation.provider_key,
+                self._elapsed(started) * 1000, e.message,
+            )  # fmt: skip
+            raise
+        # Any definite answer, a decline included, says the provider is up.
+        self.breaker.record_success(permit)
+        return outcome
+
+    def _record(self, permit: Permit, error: ProviderError) -> None:
+        if error.breaker_failure:
+            self.breaker.record_failure(permit)
+        else:
+            self.breaker.record_neutral(permit)
+
+    def _look_instead_of_resending(
+        self,
+        operation: ProviderOperation,
+        error: ProviderOutcomeUnknown,
+        started: float,
+        budget: float,
+    ) -> ProviderOutcome:
+        remaining = budget - self._elapsed(started)
+        try:
+            found = self.lookup(operation, timeout=remaining) if remaining > _MIN_ATTEMPT else None
+        except ProviderError:
+            found = None
+        if found is None:
+            raise error  # still in doubt: the recovery worker asks again later
+        self.stats.add("resolved_by_lookup")
+        return found
+
+    def _wait_before_retry(
+        self,
+        error: ProviderError,
+        *,
+        attempt: int,
+        started: float,
+        budget: float,
+        waits: Iterator[float],
+        operation: ProviderOperation,
+    ) -> bool:
+        if isinstance(error, CircuitOpen) or attempt >= self.policy.retry.max_attempts:
+            return False
+        delay = next(waits)
+        if error.retry_after is not None:
+            delay = max(delay, error.retry_after)
+        if self._elapsed(started) + delay + _MIN_ATTEMPT >= budget:
+            return False
+        self.stats.add("retries")
+        log.info(
+            "%s %s key=%s: retry %d in %.3f s (%s)",
+            self.name, operation.kind.value, operation.provider_key, attempt, delay,
+            error.message,
+        )  # fmt: skip
+        self._sleep(delay)
+        return True
+
+    def _elapsed(self, started: float) -> float:
+        return self._clock() - started
