@@ -18,13 +18,17 @@ _LISTENING = re.compile(r"payorch gRPC listening on [\d.]+:(\d+)")
 
 
 class ServerProcess:
-    def __init__(self, database_url: str, sandbox_url: str, log_path: Path) -> None:
+    def __init__(
+        self, database_url: str, sandbox_url: str, log_path: Path, *, config: str | None = None
+    ) -> None:
         env = dict(os.environ)
         env.update(
             PAYORCH_DATABASE_URL=database_url,
             PAYORCH_SANDBOX_URL=sandbox_url,
             PAYORCH_GRPC_LISTEN="127.0.0.1:0",
         )
+        if config is not None:
+            env["PAYORCH_CONFIG"] = config
         self.log_path = log_path
         self._log = log_path.open("w")
         self.process = subprocess.Popen(
@@ -52,7 +56,8 @@ class ServerProcess:
         return channel, payments_pb2_grpc.PaymentOrchestratorStub(channel)
 
     def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
         self._log.close()
 
