@@ -43,12 +43,15 @@ def _ticks_by_comm(name: str) -> dict[int, int]:
     return found
 
 
-def _machine_ticks() -> tuple[int, int]:
-    """(busy, total) ticks of all CPUs since boot; busy excludes idle and iowait."""
+def _machine_ticks() -> tuple[int, int, int]:
+    """(busy, total, steal) ticks of all CPUs since boot. busy excludes idle and iowait and
+    includes steal (the hypervisor running someone else), which no process is charged for.
+    (With tick-based accounting, irq and softirq ticks are charged to the interrupted
+    process as well, so they need no correction.)"""
     with open("/proc/stat") as f:
         values = [int(v) for v in f.readline().split()[1:]]
     total = sum(values[:8])  # guest time is already inside user time
-    return total - values[3] - values[4], total
+    return total - values[3] - values[4], total, values[7]
 
 
 @dataclass
@@ -57,18 +60,19 @@ class CpuSnapshot:
     pids: dict[str, int | None]
     comms: dict[str, dict[int, int]]
     own: float
-    machine_busy: int
+    machine: tuple[int, int, int]
 
 
 def cpu_snapshot(watch: dict[str, int], watch_comm: dict[str, str]) -> CpuSnapshot:
     pids = {label: (s[1] if (s := _proc_stat(pid)) else None) for label, pid in watch.items()}
     comms = {label: _ticks_by_comm(name) for label, name in watch_comm.items()}
-    return CpuSnapshot(time.perf_counter(), pids, comms, time.process_time(), _machine_ticks()[0])
+    return CpuSnapshot(time.perf_counter(), pids, comms, time.process_time(), _machine_ticks())
 
 
 def cpu_cores(start: CpuSnapshot, end: CpuSnapshot, own_label: str = "self") -> dict[str, float]:
-    """Cores used by each watched label, by this process and by the machine over the span;
-    ``other`` is what the machine used beyond all of those (foreign load)."""
+    """Cores used over the span by each watched label, by this process, by steal and by the
+    machine in all; ``other`` is the rest of the machine's use: other
+    processes (another job) and kernel threads (such as the file system journal)."""
     wall = end.wall - start.wall
     cores: dict[str, float] = {}
     for label, before in start.pids.items():
@@ -79,15 +83,20 @@ def cpu_cores(start: CpuSnapshot, end: CpuSnapshot, own_label: str = "self") -> 
         ticks = sum(t - before_by_pid.get(pid, 0) for pid, t in end.comms[label].items())
         cores[label] = ticks / _CLK_TCK / wall
     cores[own_label] = (end.own - start.own) / wall
-    machine = (end.machine_busy - start.machine_busy) / _CLK_TCK / wall
-    cores["machine"] = machine
-    cores["other"] = machine - sum(v for k, v in cores.items() if k != "machine")
+    processes = sum(cores.values())
+    busy, _, steal = (
+        (after - before) / _CLK_TCK / wall
+        for before, after in zip(start.machine, end.machine, strict=True)
+    )
+    cores["steal"] = steal
+    cores["machine"] = busy
+    cores["other"] = busy - processes - steal
     return {k: round(v, 3) for k, v in cores.items()}
 
 
 def machine_busy_fraction(interval: float = 0.5) -> float:
     """How busy all CPUs together were over ``interval`` seconds (0.0 to 1.0)."""
-    busy0, total0 = _machine_ticks()
+    busy0, total0, _ = _machine_ticks()
     time.sleep(interval)
-    busy1, total1 = _machine_ticks()
+    busy1, total1, _ = _machine_ticks()
     return (busy1 - busy0) / max(1, total1 - total0)

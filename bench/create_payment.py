@@ -537,7 +537,7 @@ def summarize(runs: list[dict[str, Any]], backends: list[str]) -> dict[str, Any]
             )
             s["write_txns_per_new_key"] = writes / max(1, s["new_keys"])
             measured_writes.append(s["write_txns_per_new_key"])
-        ceilings = {}
+        ceilings: dict[str, dict[str, Any]] = {}
         for threads in per_run[0]["commit_ceiling"]:
             rs = [b["commit_ceiling"][threads] for b in per_run]
             ceilings[threads] = {
@@ -617,6 +617,8 @@ def noise_warnings(runs: list[dict[str, Any]], opts: Options) -> list[str]:
         for backend, b in run["backends"].items():
             look(f"run {i} {backend} create", b["create"]["cpu_cores"])
             look(f"run {i} {backend} replay", b["replay"]["cpu_cores"])
+            for threads, c in b["commit_ceiling"].items():
+                look(f"run {i} {backend} commit rate ({threads} thr)", c["cpu_cores"])
     return warnings
 
 
@@ -640,15 +642,17 @@ def table(summary: dict[str, Any], backends: list[str], opts: Options) -> list[t
     names = {"sqlite": "SQLite", "postgres": "PG"}
     for backend in backends:
         for threads, c in summary[backend]["commit_ceiling"].items():
-            rows.append(
+            plural = "" if threads == "1" else "s"
+            rows += [
                 (
                     "ceiling",
-                    f"{names[backend]} 1-row commits/s, {threads} thread(s)",
+                    f"{names[backend]} 1-row commits/s, {threads} thread{plural}",
                     _n(c["commits_per_s"]),
                     "",
-                    f"p50 / p99 {_lat(c['p50_ms'], c['p99_ms'])}",
-                )
-            )
+                    "",
+                ),
+                ("ceiling", "  p50 / p99 commit latency", _lat(c["p50_ms"], c["p99_ms"]), "", ""),
+            ]
     for backend in backends:
         s = summary[backend]
         create, replay = s["create"], s["replay"]
@@ -738,17 +742,22 @@ def render(rows: list[tuple[str, ...]]) -> str:
 
 
 def cpu_lines(summary: dict[str, Any], backends: list[str]) -> list[str]:
-    def fmt(cores: dict[str, float]) -> str:
-        order = ["server", "sandbox", "postgres", "loadgen", "other", "machine"]
-        parts = [f"{k} {cores[k]:.2f}" for k in order if k in cores]
-        return ", ".join(parts)
+    """Cores used by each process in the windows, and the server's CPU time per call."""
+
+    def fmt(phase: dict[str, Any]) -> str:
+        cores = phase["cpu_cores"]
+        order = ["server", "sandbox", "postgres", "loadgen", "other", "steal", "machine"]
+        # "other" is a difference of samples: show a rounding -0.01 as 0
+        parts = [f"{k} {max(0.0, cores[k]):.2f}" for k in order if k in cores]
+        per_call = cores.get("server", float("nan")) / phase["rps"] * 1000
+        return f"{', '.join(parts)}; server CPU {per_call:.2f} ms per call"
 
     cpus = os.cpu_count() or 0
     lines = [f"CPU cores used in the timed windows (of {cpus}; medians):"]
-    lines.append(f"  empty gRPC        {fmt(summary['empty_grpc']['cpu_cores'])}")
+    lines.append(f"  empty gRPC        {fmt(summary['empty_grpc'])}")
     for backend in backends:
         for phase in ("create", "replay"):
-            lines.append(f"  {backend:8} {phase:8} {fmt(summary[backend][phase]['cpu_cores'])}")
+            lines.append(f"  {backend:8} {phase:8} {fmt(summary[backend][phase])}")
     return lines
 
 
@@ -761,6 +770,14 @@ def versions() -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             found[dist] = metadata.version(dist)
     return found
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return ""
 
 
 def git_state() -> dict[str, str]:
@@ -873,6 +890,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as e:
         print(f"benchmark failed: {e}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, SystemExit):
+        print("interrupted: processes stopped, databases dropped", file=sys.stderr)
+        raise
     finally:
         if opts.keep_tmp:
             print(f"kept {tmp}", file=sys.stderr)
@@ -912,7 +932,12 @@ def main(argv: list[str] | None = None) -> int:
         "started_at": started.isoformat(),
         "finished_at": datetime.now(UTC).isoformat(),
         "options": opts.__dict__,
-        "machine": {"cpus": os.cpu_count(), "versions": versions(), "git": git_state()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu_model": cpu_model(),
+            "versions": versions(),
+            "git": git_state(),
+        },
         "skipped": skipped,
         "summary": summary,
         "checks_failed": failed,

@@ -93,7 +93,7 @@ async def run_load(args: argparse.Namespace, replay_keys: list[str]) -> dict[str
 
     async with grpc.aio.insecure_channel(args.target) as channel:
         await asyncio.wait_for(channel.channel_ready(), timeout=args.connect_timeout)
-        stub = payments_pb2_grpc.PaymentOrchestratorStub(channel)
+        stub = payments_pb2_grpc.PaymentOrchestratorStub(channel)  # type: ignore[no-untyped-call]
         started = time.perf_counter()
         window_start = started + args.warmup
         window_end = window_start + args.duration
