@@ -124,3 +124,28 @@ def test_secrets_come_from_the_environment_or_a_file_never_inline(
         secret_from({"secret_key_env": "MISSING_VAR"}, "secret_key", owner="stripe")
     with pytest.raises(ValueError, match="required"):
         secret_from({}, "secret_key", owner="stripe")
+
+
+def test_the_readme_configuration_example_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import re
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    example = next(b for b in re.findall(r"```toml\n(.*?)```", readme, re.S) if "[recovery]" in b)
+    monkeypatch.setenv("STRIPE_SECRET_KEY", "sk_test_x")
+    monkeypatch.setenv("RAZORPAY_KEY_ID", "rzp_test_x")
+    for name in ("adyen_api_key", "razorpay_key_secret"):
+        (tmp_path / name).write_text("secret\n")
+    example = example.replace("/run/secrets/", f"{tmp_path}/")
+    path = tmp_path / "providers.toml"
+    path.write_text(example)
+    from orchestrator.bootstrap import load_configuration
+
+    config = load_configuration(str(path), None)
+    assert [r.provider.name for r in config.router.candidates("US", "USD")] == ["stripe-us", "adyen-us"]
+    assert [r.provider.name for r in config.router.candidates("IN", "INR")] == ["razorpay-in"]
+    assert config.recovery.schedule[0] == 60
+    stripe = config.router.route("stripe-us")
+    assert stripe.timeout == 10.0 and stripe.breaker is not None
+    assert stripe.breaker.policy.failure_threshold == 5
