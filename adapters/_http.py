@@ -7,8 +7,10 @@ from __future__ import annotations
 import email.utils
 import logging
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Final
+from types import TracebackType
+from typing import Any, Final, Self
 
 import httpx
 
@@ -91,9 +93,36 @@ class ProviderHttp:
         )  # fmt: skip
 
 
+class HttpAdapter:
+    """The lifecycle every HTTP adapter shares: it owns a ``ProviderHttp`` as ``_http``."""
+
+    _http: ProviderHttp
+
+    def close(self) -> None:
+        """Close the HTTP client, unless the caller passed in their own."""
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
 def retry_after(response: httpx.Response) -> float | None:
-    """The Retry-After header in seconds (it may be seconds or an HTTP date)."""
-    value = response.headers.get("Retry-After")
+    """The Retry-After header of an answer, in seconds."""
+    return retry_after_header(response.headers)
+
+
+def retry_after_header(headers: Mapping[str, str]) -> float | None:
+    """A Retry-After value in seconds (it may be seconds or an HTTP date); names are matched
+    without regard to case."""
+    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
     if value is None:
         return None
     try:

@@ -19,18 +19,18 @@ import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Final
 from urllib.parse import quote
 
 import httpx
 
 from adapters._http import (
+    HttpAdapter,
     JSONObject,
     MalformedAnswerError,
     ProviderHttp,
     json_object,
-    retry_after,
+    retry_after_header,
 )
 from adapters.adyen.transformers import (
     RECURRING_MODELS,
@@ -177,7 +177,7 @@ def classify(status: int, headers: Mapping[str, str], error: AdyenError | None) 
     return Classification(
         row.verdict,
         f"Adyen {row.label}: {_said(status, error)}",
-        retry_after=retry_after(httpx.Response(status, headers=hints)),
+        retry_after=retry_after_header(hints),
         breaker_failure=row.breaker_failure,
         lookup_first=row.lookup_first,
     )
@@ -236,7 +236,7 @@ class AdyenNotifications:
 Reader = Callable[[JSONObject], ProviderOutcome]
 
 
-class AdyenAdapter:
+class AdyenAdapter(HttpAdapter):
     """``PaymentProvider`` for Adyen's Checkout API at ``base_url``. Thread-safe."""
 
     # Adyen deduplicates POSTs by Idempotency-Key (company-account scope, kept >= 31 days).
@@ -271,21 +271,6 @@ class AdyenAdapter:
             honors_idempotency_keys=self.honors_idempotency_keys,
             client=client,
         )
-
-    def close(self) -> None:
-        """Close the HTTP client, unless the caller passed in their own."""
-        self._http.close()
-
-    def __enter__(self) -> AdyenAdapter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- the port -------------------------------------------------------------------------------
 

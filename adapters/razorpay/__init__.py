@@ -22,13 +22,12 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any, Final
 from urllib.parse import quote
 
 import httpx
 
-from adapters._http import JSONObject, MalformedAnswerError, ProviderHttp, json_object
+from adapters._http import HttpAdapter, JSONObject, MalformedAnswerError, ProviderHttp, json_object
 from adapters.razorpay.transformers import (
     NOTE_REASON,
     NOTE_REFERENCE,
@@ -94,7 +93,7 @@ class _Budget:
         return left
 
 
-class RazorpayAdapter:
+class RazorpayAdapter(HttpAdapter):
     """``PaymentProvider`` for Razorpay. Thread-safe."""
 
     def __init__(
@@ -121,21 +120,6 @@ class RazorpayAdapter:
 
     def __repr__(self) -> str:
         return f"RazorpayAdapter(name={self.name!r}, base_url={self._http.base_url!r})"
-
-    def close(self) -> None:
-        """Close the HTTP client, unless the caller passed in their own."""
-        self._http.close()
-
-    def __enter__(self) -> RazorpayAdapter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- the port ---------------------------------------------------------------------------
 

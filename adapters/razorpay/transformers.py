@@ -27,7 +27,7 @@ from adapters._http import (
     get_list,
     get_str,
     optional_str,
-    retry_after,
+    retry_after_header,
 )
 from orchestrator.ports import (
     OutcomeStatus,
@@ -194,7 +194,7 @@ def classify(
 
 
 def _busy(status: int, headers: Mapping[str, str], message: str) -> Classification:
-    wait = _retry_after(status, headers)
+    wait = retry_after_header(headers)
     if status == 429:
         # Razorpay's rate limiter refuses before processing (api/pagination: "watch for 429").
         return Classification(Verdict.NOT_REACHED, message, retry_after=wait)
@@ -210,11 +210,6 @@ def _describe(status: int, error: RazorpayError | None) -> str:
     if error.reason and error.reason != "NA":
         detail += f" ({error.reason})"
     return f"razorpay answered HTTP {status} {detail}"
-
-
-def _retry_after(status: int, headers: Mapping[str, str]) -> float | None:
-    # the one Retry-After reader lives in adapters._http and wants a response
-    return retry_after(httpx.Response(status, headers=dict(headers)))
 
 
 def malformed(what: str, exc: MalformedAnswerError) -> NoReturn:

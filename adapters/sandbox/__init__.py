@@ -9,13 +9,13 @@ charge twice, a wrong "unknown" only costs a lookup.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from types import TracebackType
 from typing import Any, Final
 from urllib.parse import quote
 
 import httpx
 
 from adapters._http import (
+    HttpAdapter,
     JSONObject,
     MalformedAnswerError,
     ProviderHttp,
@@ -44,7 +44,7 @@ _LIVE_STATUSES: Final = frozenset({"authorized", "captured", "voided"})
 SuccessReader = Callable[[JSONObject, ProviderOperation], ProviderOutcome]
 
 
-class SandboxAdapter:
+class SandboxAdapter(HttpAdapter):
     """``PaymentProvider`` for the sandbox provider at ``base_url``. Thread-safe."""
 
     def __init__(
@@ -68,21 +68,6 @@ class SandboxAdapter:
             honors_idempotency_keys=honors_idempotency_keys,
             client=client,
         )
-
-    def close(self) -> None:
-        """Close the HTTP client, unless the caller passed in their own."""
-        self._http.close()
-
-    def __enter__(self) -> SandboxAdapter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- the port ---------------------------------------------------------------------------
 

@@ -21,13 +21,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
-from types import TracebackType
 from typing import Any, Final, TypeVar
 from urllib.parse import quote
 
 import httpx
 
-from adapters._http import JSONObject, MalformedAnswerError, ProviderHttp, get_str, json_object
+from adapters._http import (
+    HttpAdapter,
+    JSONObject,
+    MalformedAnswerError,
+    ProviderHttp,
+    get_str,
+    json_object,
+)
 from adapters.stripe.transformers import (
     DEFAULT_API_VERSION,
     DEFAULT_BASE_URL,
@@ -81,7 +87,7 @@ _FORM: Final = "application/x-www-form-urlencoded"
 T = TypeVar("T")
 
 
-class StripeAdapter:
+class StripeAdapter(HttpAdapter):
     """``PaymentProvider`` for Stripe. Thread-safe."""
 
     # Stripe stores the first answer under an Idempotency-Key for at least 24 hours and
@@ -109,21 +115,6 @@ class StripeAdapter:
             name, base_url, connect_timeout=connect_timeout, honors_idempotency_keys=True,
             client=client,
         )  # fmt: skip
-
-    def close(self) -> None:
-        """Close the HTTP client, unless the caller passed in their own."""
-        self._http.close()
-
-    def __enter__(self) -> StripeAdapter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- the port ---------------------------------------------------------------------------
 

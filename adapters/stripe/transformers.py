@@ -28,7 +28,7 @@ from adapters._http import (
     get_str,
     json_object,
     optional_str,
-    retry_after,
+    retry_after_header,
 )
 from orchestrator.ports import (
     OutcomeStatus,
@@ -242,7 +242,7 @@ def classify(status: int, headers: Mapping[str, str], error: StripeError | None)
     answer = _Answer(
         status,
         error or StripeError(),
-        _retry_after(headers),
+        retry_after_header(headers),
         # stripe-python's _should_retry: this header, when present, overrides the status.
         {"true": True, "false": False}.get(_header(headers, "stripe-should-retry") or ""),
     )
@@ -315,11 +315,6 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
         if key.lower() == name:
             return value
     return None
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    # _http.retry_after parses seconds or an HTTP date from a response; give it one.
-    return retry_after(httpx.Response(200, headers=dict(headers.items())))
 
 
 # --- PaymentIntents and Refunds -------------------------------------------------------------
