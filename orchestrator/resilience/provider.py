@@ -57,6 +57,19 @@ class Stats:
 Call = Callable[..., ProviderOutcome]
 
 
+class _LazyDelays:
+    """The backoff sequence, made only when a first retry needs it (most calls never do)."""
+
+    def __init__(self, policy: RetryPolicy, jitter: Jitter) -> None:
+        self._policy, self._jitter = policy, jitter
+        self._delays: Iterator[float] | None = None
+
+    def next(self) -> float:
+        if self._delays is None:
+            self._delays = delays(self._policy, self._jitter)
+        return next(self._delays)
+
+
 class CircuitOpen(ProviderNotReached):
     """The breaker refused the call: nothing was sent."""
 
@@ -98,7 +111,7 @@ class ResilientProvider:
         """A lookup is a read: retried like any call, and it never moves money."""
         started = self._clock()
         budget = min(timeout, self.policy.retry.max_time)
-        waits = delays(self.policy.retry, self._jitter)
+        waits = _LazyDelays(self.policy.retry, self._jitter)
         attempt = 0
         while True:
             attempt += 1
@@ -121,7 +134,7 @@ class ResilientProvider:
     def _call(self, call: Call, operation: ProviderOperation, timeout: float) -> ProviderOutcome:
         started = self._clock()
         budget = min(timeout, self.policy.retry.max_time)
-        waits = delays(self.policy.retry, self._jitter)
+        waits = _LazyDelays(self.policy.retry, self._jitter)
         in_doubt: ProviderOutcomeUnknown | None = None
         attempt = 0
         while True:
@@ -211,12 +224,12 @@ class ResilientProvider:
         attempt: int,
         started: float,
         budget: float,
-        waits: Iterator[float],
+        waits: _LazyDelays,
         operation: ProviderOperation,
     ) -> bool:
         if isinstance(error, CircuitOpen) or attempt >= self.policy.retry.max_attempts:
             return False
-        delay = next(waits)
+        delay = waits.next()
         if error.retry_after is not None:
             delay = max(delay, error.retry_after)
         if self._elapsed(started) + delay + _MIN_ATTEMPT >= budget:
