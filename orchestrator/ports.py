@@ -8,6 +8,7 @@ routing live in the core around the port, never inside an adapter.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -132,4 +133,65 @@ class PaymentProvider(Protocol):
     def lookup(self, operation: ProviderOperation, *, timeout: float) -> ProviderOutcome | None:
         """Ask what became of ``operation`` (found by its provider key or our payment id);
         ``None`` when the provider has no record of it. Used to resolve in-doubt outcomes."""
+        ...
+
+
+class WebhookKind(enum.StrEnum):
+    """What a provider's webhook reports, in the orchestrator's words."""
+
+    AUTHORIZATION_SUCCEEDED = "authorization_succeeded"
+    AUTHORIZATION_FAILED = "authorization_failed"  # declined or failed: no money moved
+    CAPTURE_SUCCEEDED = "capture_succeeded"
+    CAPTURE_FAILED = "capture_failed"
+    CANCEL_SUCCEEDED = "cancel_succeeded"
+    REFUND_SUCCEEDED = "refund_succeeded"
+    REFUND_FAILED = "refund_failed"
+    DISPUTE_OPENED = "dispute_opened"
+    DISPUTE_WON = "dispute_won"  # closed in the merchant's favour
+    DISPUTE_LOST = "dispute_lost"  # closed for the cardholder: the money is gone
+    OTHER = "other"  # verified, stored, nothing to apply
+
+
+@dataclass(frozen=True)
+class WebhookEvent:
+    """One verified provider event, parsed out of its wire format.
+
+    ``event_id`` identifies the event at its provider (the dedupe key with the provider's
+    name). The payment is found by ``payment_id`` (ours, when the provider echoes it) or by
+    ``provider_reference``; the operation it reports on by ``operation_key`` (the provider
+    idempotency key we sent) when the provider echoes it."""
+
+    event_id: str
+    kind: WebhookKind
+    payment_id: str = ""
+    provider_reference: str = ""
+    operation_key: str = ""
+    object_reference: str = ""  # the provider's id of the capture, refund or dispute
+    amount: int = 0  # minor units, converted to ISO 4217 units by the adapter
+    currency: str = ""
+    decline_code: str = ""
+    message: str = ""
+
+
+class WebhookRejected(Exception):
+    """A delivery that must not be stored: bad or missing signature (401), a stale or future
+    timestamp, malformed content (400). ``reason`` is safe to log: no secret, no body."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class WebhookVerifier(Protocol):
+    """Verifies a provider's webhook over the raw bytes, then parses it.
+
+    Verification comes first, over the exact bytes received, with constant-time comparison,
+    against every active secret (two during a rotation). Only then is the body parsed."""
+
+    def verify_webhook(
+        self, headers: Mapping[str, str], body: bytes, *, now: float
+    ) -> list[WebhookEvent]:
+        """The events of a genuine delivery; ``WebhookRejected`` otherwise. ``headers``
+        have lower-case names; ``now`` is Unix seconds."""
         ...
