@@ -19,9 +19,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, ProcessRecorder
 
 from orchestrator.commands import (
     CancelPayment,
@@ -94,6 +94,11 @@ class Payments(Application[UUID]):
             raise ValueError("the recovery schedule needs at least one step")
         self.recovery_schedule = tuple(recovery_schedule)
         self.recovery_stats = Stats()
+
+    def construct_recorder(self) -> ProcessRecorder:
+        # A process recorder: the application recorder plus a tracking table, so that what
+        # the webhook consumer applies and the position it reached commit together.
+        return self.factory.process_recorder()
 
     # --- queries --------------------------------------------------------------------------
 
@@ -220,7 +225,7 @@ class Payments(Application[UUID]):
             try:
                 self.save(payment, record)
             except IntegrityError:
-                if self._find_command(cid) is not None:
+                if self.find_command(cid) is not None:
                     return self._replay_after_conflict(cid, cmd, record, answer_by)
                 continue  # another command moved the payment on: read it again and re-check
             return self._perform(payment, record, op, answer_by)
@@ -410,7 +415,7 @@ class Payments(Application[UUID]):
             changed: list[Any] = [payment]
             if found is not None:
                 _apply(payment, op, found, "")
-                record = self._find_command(command_id(op.scope, op.idempotency_key))
+                record = self.find_command(command_id(op.scope, op.idempotency_key))
                 if record is not None and not record.completed:
                     record.complete(payment_version=payment.version, in_doubt=False)
                     changed.append(record)
@@ -434,20 +439,25 @@ class Payments(Application[UUID]):
 
     # --- replaying a known command --------------------------------------------------------
 
-    def _find_command(self, cid: UUID) -> CommandRecord | None:
+    def find_command(self, cid: UUID) -> CommandRecord | None:
         try:
             record: CommandRecord = self.repository.get(cid)
         except AggregateNotFoundError:
             return None
         return record
 
+    def record_processing(self, processing: ProcessingEvent[UUID]) -> None:
+        """Saves what processing one notification produced, with its tracking position, in
+        one transaction: the consumer's exactly-once."""
+        self._record(processing)
+
     def _get_command(self, cid: UUID) -> CommandRecord:
-        record = self._find_command(cid)
+        record = self.find_command(cid)
         assert record is not None, "commands are never deleted"
         return record
 
     def _replay_if_known(self, cid: UUID, cmd: Command, answer_by: float | None) -> Payment | None:
-        record = self._find_command(cid)
+        record = self.find_command(cid)
         return None if record is None else self._replay(record, cmd, answer_by)
 
     def _replay_after_conflict(

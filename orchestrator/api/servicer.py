@@ -42,6 +42,8 @@ _STATUSES = {
     Status.DECLINED: pb.PAYMENT_STATUS_DECLINED,
     Status.FAILED: pb.PAYMENT_STATUS_FAILED,
     Status.REQUIRES_REVIEW: pb.PAYMENT_STATUS_REQUIRES_REVIEW,
+    Status.DISPUTED: pb.PAYMENT_STATUS_DISPUTED,
+    Status.CHARGED_BACK: pb.PAYMENT_STATUS_CHARGED_BACK,
 }
 _KINDS = {
     Kind.AUTHORIZE: pb.OPERATION_KIND_AUTHORIZE,
@@ -189,6 +191,7 @@ def to_proto(payment: Payment) -> pb.Payment:
         updated_at=_timestamp(payment.modified_on),
         capture_mode=_MODES_OUT[payment.capture_mode],
         operations=[_operation_to_proto(op) for op in payment.operations],
+        charged_back_amount=payment.charged_back_amount,
     )
 
 

@@ -32,9 +32,13 @@ class Status(enum.StrEnum):
     DECLINED = "declined"
     FAILED = "failed"
     REQUIRES_REVIEW = "requires_review"  # an outcome nobody could learn: a person decides
+    DISPUTED = "disputed"  # the cardholder disputes it; the outcome is the card network's
+    CHARGED_BACK = "charged_back"  # a dispute was lost: the disputed money went back
 
 
-TERMINAL = frozenset({Status.DECLINED, Status.FAILED, Status.CANCELED, Status.REFUNDED})
+TERMINAL = frozenset(
+    {Status.DECLINED, Status.FAILED, Status.CANCELED, Status.REFUNDED, Status.CHARGED_BACK}
+)
 
 
 class Kind(enum.StrEnum):
@@ -175,6 +179,30 @@ class Payment(Aggregate):
         checked_at: datetime
         message: str
 
+    class CaptureReversed(Aggregate.Event):
+        """A capture the provider first accepted failed later (asynchronous providers)."""
+
+        sequence: int
+        amount: int
+        message: str
+
+    class RefundReversed(Aggregate.Event):
+        """A refund the provider first accepted failed later: the money stayed captured."""
+
+        sequence: int
+        amount: int
+        message: str
+
+    class DisputeOpened(Aggregate.Event):
+        dispute_reference: str
+        amount: int
+        reason: str
+
+    class DisputeClosed(Aggregate.Event):
+        dispute_reference: str
+        won: bool
+        amount: int
+
     class ReviewRequired(Aggregate.Event):
         """The schedule of lookups ran out: flagged for a person, never failed by guessing."""
 
@@ -212,6 +240,9 @@ class Payment(Aggregate):
         self.decline_code = ""
         self.failure_message = ""
         self.operations: list[Operation] = []
+        self.disputes: dict[str, int] = {}  # open disputes: reference -> amount
+        self.closed_disputes: set[str] = set()
+        self.charged_back_amount = 0
 
     # --- what the payment is now -------------------------------------------------------
 
@@ -222,12 +253,18 @@ class Payment(Aggregate):
             return Status.REQUIRES_REVIEW if in_doubt.review_required else Status.PROCESSING
         if self.closed_as is not None:
             return self.closed_as
+        return self._money_status()
+
+    def _money_status(self) -> Status:
+        if self.disputes:
+            return Status.DISPUTED
+        if self.charged_back_amount:
+            return Status.CHARGED_BACK
         if not self.authorized:
             return Status.PROCESSING
         if self.refunded_amount:
-            if self.refunded_amount == self.captured_amount:
-                return Status.REFUNDED
-            return Status.PARTIALLY_REFUNDED
+            full = self.refunded_amount == self.captured_amount
+            return Status.REFUNDED if full else Status.PARTIALLY_REFUNDED
         return Status.CAPTURED if self.captured_amount else Status.AUTHORIZED
 
     @property
@@ -441,6 +478,44 @@ class Payment(Aggregate):
         if not self._in_doubt(sequence).review_required:
             self._review_required(sequence=sequence, message=message)
 
+    def operation_by_key(self, provider_key: str) -> Operation | None:
+        return next((op for op in self.operations if op.provider_key == provider_key), None)
+
+    def reverse(self, sequence: int, *, message: str) -> bool:
+        """A capture or refund recorded as succeeded failed at the provider afterwards.
+        Returns whether anything changed (a reversal is recorded once)."""
+        op = self.operation(sequence)
+        if op.status is not OpStatus.SUCCEEDED:
+            return False
+        if op.kind is Kind.CAPTURE and op.amount <= self.captured_amount - self.refunded_amount:
+            self._capture_reversed(sequence=sequence, amount=op.amount, message=message)
+            return True
+        if op.kind is Kind.REFUND and op.amount <= self.refunded_amount:
+            self._refund_reversed(sequence=sequence, amount=op.amount, message=message)
+            return True
+        return False
+
+    def open_dispute(self, reference: str, *, amount: int, reason: str) -> bool:
+        """Returns whether it changed anything: a dispute opens once, and never after it
+        closed (providers deliver out of order)."""
+        if reference in self.disputes or reference in self.closed_disputes:
+            return False
+        if not self.captured_amount:
+            return False
+        self._dispute_opened(
+            dispute_reference=reference, amount=min(amount, self.captured_amount), reason=reason
+        )
+        return True
+
+    def close_dispute(self, reference: str, *, won: bool, amount: int) -> bool:
+        """Closes a dispute, even one whose opening has not arrived yet (``amount`` is then
+        the provider's figure for it)."""
+        if reference in self.closed_disputes:
+            return False
+        amount = self.disputes.get(reference, min(amount, self.captured_amount))
+        self._dispute_closed(dispute_reference=reference, won=won, amount=amount)
+        return True
+
     def _in_doubt(self, sequence: int) -> Operation:
         if not 0 < sequence <= len(self.operations):
             raise TransitionNotAllowed(f"the payment has no operation {sequence}")
@@ -529,6 +604,29 @@ class Payment(Aggregate):
             last_checked=checked_at,
             failure_message=message,
         )
+
+    @event(CaptureReversed)
+    def _capture_reversed(self, *, sequence: int, amount: int, message: str) -> None:
+        self._settle(sequence, status=OpStatus.FAILED, failure_message=message)
+        self.captured_amount -= amount
+        self.failure_message = message
+
+    @event(RefundReversed)
+    def _refund_reversed(self, *, sequence: int, amount: int, message: str) -> None:
+        self._settle(sequence, status=OpStatus.FAILED, failure_message=message)
+        self.refunded_amount -= amount
+        self.failure_message = message
+
+    @event(DisputeOpened)
+    def _dispute_opened(self, *, dispute_reference: str, amount: int, reason: str) -> None:
+        self.disputes[dispute_reference] = amount
+
+    @event(DisputeClosed)
+    def _dispute_closed(self, *, dispute_reference: str, won: bool, amount: int) -> None:
+        self.disputes.pop(dispute_reference, None)
+        self.closed_disputes.add(dispute_reference)
+        if not won:
+            self.charged_back_amount += amount
 
     @event(ReviewRequired)
     def _review_required(self, *, sequence: int, message: str) -> None:

@@ -28,6 +28,8 @@ class PaymentStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PAYMENT_STATUS_DECLINED: _ClassVar[PaymentStatus]
     PAYMENT_STATUS_FAILED: _ClassVar[PaymentStatus]
     PAYMENT_STATUS_REQUIRES_REVIEW: _ClassVar[PaymentStatus]
+    PAYMENT_STATUS_DISPUTED: _ClassVar[PaymentStatus]
+    PAYMENT_STATUS_CHARGED_BACK: _ClassVar[PaymentStatus]
 
 class OperationKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -58,6 +60,8 @@ PAYMENT_STATUS_CANCELED: PaymentStatus
 PAYMENT_STATUS_DECLINED: PaymentStatus
 PAYMENT_STATUS_FAILED: PaymentStatus
 PAYMENT_STATUS_REQUIRES_REVIEW: PaymentStatus
+PAYMENT_STATUS_DISPUTED: PaymentStatus
+PAYMENT_STATUS_CHARGED_BACK: PaymentStatus
 OPERATION_KIND_UNSPECIFIED: OperationKind
 OPERATION_KIND_AUTHORIZE: OperationKind
 OPERATION_KIND_CAPTURE: OperationKind
@@ -168,7 +172,7 @@ class Operation(_message.Message):
     def __init__(self, sequence: _Optional[int] = ..., kind: _Optional[_Union[OperationKind, str]] = ..., status: _Optional[_Union[OperationStatus, str]] = ..., amount: _Optional[int] = ..., provider: _Optional[str] = ..., provider_key: _Optional[str] = ..., attempt: _Optional[int] = ..., provider_reference: _Optional[str] = ..., decline_code: _Optional[str] = ..., failure_message: _Optional[str] = ..., lookups: _Optional[int] = ..., review_required: _Optional[bool] = ...) -> None: ...
 
 class Payment(_message.Message):
-    __slots__ = ("payment_id", "status", "amount", "currency", "captured_amount", "refunded_amount", "region", "provider", "provider_reference", "reference", "decline_code", "failure_message", "metadata", "version", "created_at", "updated_at", "capture_mode", "operations")
+    __slots__ = ("payment_id", "status", "amount", "currency", "captured_amount", "refunded_amount", "region", "provider", "provider_reference", "reference", "decline_code", "failure_message", "metadata", "version", "created_at", "updated_at", "capture_mode", "operations", "charged_back_amount")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -194,6 +198,7 @@ class Payment(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_MODE_FIELD_NUMBER: _ClassVar[int]
     OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    CHARGED_BACK_AMOUNT_FIELD_NUMBER: _ClassVar[int]
     payment_id: str
     status: PaymentStatus
     amount: int
@@ -212,7 +217,8 @@ class Payment(_message.Message):
     updated_at: _timestamp_pb2.Timestamp
     capture_mode: CaptureMode
     operations: _containers.RepeatedCompositeFieldContainer[Operation]
-    def __init__(self, payment_id: _Optional[str] = ..., status: _Optional[_Union[PaymentStatus, str]] = ..., amount: _Optional[int] = ..., currency: _Optional[str] = ..., captured_amount: _Optional[int] = ..., refunded_amount: _Optional[int] = ..., region: _Optional[str] = ..., provider: _Optional[str] = ..., provider_reference: _Optional[str] = ..., reference: _Optional[str] = ..., decline_code: _Optional[str] = ..., failure_message: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., version: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., capture_mode: _Optional[_Union[CaptureMode, str]] = ..., operations: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ...) -> None: ...
+    charged_back_amount: int
+    def __init__(self, payment_id: _Optional[str] = ..., status: _Optional[_Union[PaymentStatus, str]] = ..., amount: _Optional[int] = ..., currency: _Optional[str] = ..., captured_amount: _Optional[int] = ..., refunded_amount: _Optional[int] = ..., region: _Optional[str] = ..., provider: _Optional[str] = ..., provider_reference: _Optional[str] = ..., reference: _Optional[str] = ..., decline_code: _Optional[str] = ..., failure_message: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., version: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., capture_mode: _Optional[_Union[CaptureMode, str]] = ..., operations: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., charged_back_amount: _Optional[int] = ...) -> None: ...
 
 class PaymentEvent(_message.Message):
     __slots__ = ("version", "type", "time", "data")

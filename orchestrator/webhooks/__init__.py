@@ -1,0 +1,1 @@
+"""Provider webhooks: verify, record, acknowledge; then apply in the background, once."""

@@ -1,0 +1,210 @@
+"""The background half of webhooks: apply each stored delivery to its payment, exactly once.
+
+The processor follows the event store's notification log from its tracked position. What it
+applies to a payment, the delivery's ``Applied``/``Unmatched`` event and the new tracking
+position commit in one transaction, so a crash or a second replica can neither skip a delivery
+nor apply one twice. Out-of-order and duplicate deliveries cannot regress a payment: the
+domain only resolves operations still in doubt, and records each reversal and dispute once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, ProcessingEvent
+from eventsourcing.persistence import IntegrityError, Tracking
+from eventsourcing.utils import get_topic
+
+from orchestrator.application import Payments
+from orchestrator.domain.command import Command as CommandRecord
+from orchestrator.domain.command import command_id
+from orchestrator.domain.errors import PaymentNotFound
+from orchestrator.domain.payment import IN_DOUBT, Kind, Operation, Payment
+from orchestrator.domain.webhook import WebhookDelivery
+from orchestrator.ports import WebhookKind
+
+log = logging.getLogger("payorch.webhooks")
+
+TRACKING_NAME = "webhooks"
+_TOPICS = [get_topic(WebhookDelivery.Received)]
+_CONFLICTS = 8
+
+# The kind of operation each webhook reports on.
+_OPERATION_KIND = {
+    WebhookKind.AUTHORIZATION_SUCCEEDED: Kind.AUTHORIZE,
+    WebhookKind.AUTHORIZATION_FAILED: Kind.AUTHORIZE,
+    WebhookKind.CAPTURE_SUCCEEDED: Kind.CAPTURE,
+    WebhookKind.CAPTURE_FAILED: Kind.CAPTURE,
+    WebhookKind.CANCEL_SUCCEEDED: Kind.CANCEL,
+    WebhookKind.REFUND_SUCCEEDED: Kind.REFUND,
+    WebhookKind.REFUND_FAILED: Kind.REFUND,
+}
+_SUCCEEDED = {
+    WebhookKind.AUTHORIZATION_SUCCEEDED,
+    WebhookKind.CAPTURE_SUCCEEDED,
+    WebhookKind.CANCEL_SUCCEEDED,
+    WebhookKind.REFUND_SUCCEEDED,
+}
+
+
+class WebhookProcessor:
+    def __init__(self, app: Payments, *, interval: float = 0.2, batch: int = 200) -> None:
+        self.app = app
+        self.interval = interval
+        self.batch = batch
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def position(self) -> int:
+        return self.app.recorder.max_tracking_id(TRACKING_NAME) or 0  # type: ignore[attr-defined]
+
+    def run_once(self) -> int:
+        """Applies what was stored since the tracked position; returns how many."""
+        done = 0
+        while True:
+            page = self.app.recorder.select_notifications(
+                start=self.position(), limit=self.batch, topics=_TOPICS, inclusive_of_start=False
+            )
+            for notification in page:
+                self.process(UUID(str(notification.originator_id)), notification.id)
+                done += 1
+            if len(page) < self.batch:
+                return done
+
+    def process(self, delivery_id: UUID, notification_id: int) -> str:
+        for _ in range(_CONFLICTS):
+            delivery: WebhookDelivery = self.app.repository.get(delivery_id)
+            processing: ProcessingEvent[UUID] = ProcessingEvent(
+                Tracking(TRACKING_NAME, notification_id)
+            )
+            effect = self._apply(delivery, processing)
+            processing.collect_events(delivery)
+            try:
+                self.app.record_processing(processing)
+            except IntegrityError:
+                if self.position() >= notification_id:
+                    return "processed by another consumer"
+                continue  # the payment moved meanwhile: read it again
+            log.info(
+                "webhook %s %s (%s): %s",
+                delivery.provider,
+                delivery.event_id,
+                delivery.kind,
+                effect,
+            )
+            return effect
+        raise RuntimeError(f"could not apply webhook delivery {delivery_id}")
+
+    def _apply(self, delivery: WebhookDelivery, processing: ProcessingEvent[UUID]) -> str:
+        if delivery.outcome:
+            return f"already {delivery.outcome}"
+        payment = self._payment_for(delivery)
+        if payment is None:
+            reason = (
+                f"no payment {delivery.payment_id or '?'} "
+                f"(provider reference {delivery.provider_reference or '?'})"
+            )
+            log.warning("unmatched webhook %s %s: %s", delivery.provider, delivery.event_id, reason)
+            delivery.unmatched(reason)
+            return f"unmatched: {reason}"
+        effect, record = _effect(self.app, payment, delivery)
+        delivery.applied(payment_id=payment.id, payment_version=payment.version, effect=effect)
+        processing.collect_events(payment, record)
+        return effect
+
+    def _payment_for(self, delivery: WebhookDelivery) -> Payment | None:
+        if not delivery.payment_id:
+            return None
+        try:
+            return self.app.get_payment(UUID(delivery.payment_id))
+        except (ValueError, PaymentNotFound, AggregateNotFoundError):
+            return None
+
+    def start(self) -> WebhookProcessor:
+        self._thread = threading.Thread(target=self._run, name="webhooks", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # one bad pass must not end processing: log it and go on
+                log.exception("webhook processing pass failed")
+            self._stop.wait(self.interval)
+
+
+def _effect(
+    app: Payments, payment: Payment, delivery: WebhookDelivery
+) -> tuple[str, CommandRecord | None]:
+    kind = WebhookKind(delivery.kind)
+    if kind in (WebhookKind.DISPUTE_OPENED, WebhookKind.DISPUTE_WON, WebhookKind.DISPUTE_LOST):
+        return _dispute(payment, delivery, kind), None
+    if kind not in _OPERATION_KIND:
+        return "nothing to apply", None
+    op = _operation(payment, delivery, _OPERATION_KIND[kind])
+    if op is None:
+        return "no matching operation", None
+    if op.status in IN_DOUBT:
+        _resolve(payment, op, delivery, kind)
+        return f"resolved operation {op.sequence}", _complete(app, payment, op)
+    if kind in (WebhookKind.CAPTURE_FAILED, WebhookKind.REFUND_FAILED) and payment.reverse(
+        op.sequence, message=delivery.message or f"{kind.value} reported by the provider"
+    ):
+        return f"reversed operation {op.sequence}", None
+    return f"operation {op.sequence} already {op.status.value}: unchanged", None
+
+
+def _dispute(payment: Payment, delivery: WebhookDelivery, kind: WebhookKind) -> str:
+    if kind is WebhookKind.DISPUTE_OPENED:
+        opened = payment.open_dispute(
+            delivery.object_reference, amount=delivery.amount, reason=delivery.message
+        )
+        return "dispute opened" if opened else "dispute already known"
+    closed = payment.close_dispute(
+        delivery.object_reference, won=kind is WebhookKind.DISPUTE_WON, amount=delivery.amount
+    )
+    return "dispute closed" if closed else "dispute already closed"
+
+
+def _operation(payment: Payment, delivery: WebhookDelivery, kind: Kind) -> Operation | None:
+    if delivery.operation_key:
+        op = payment.operation_by_key(delivery.operation_key)
+        if op is not None:
+            return op if op.kind is kind else None
+    if kind is Kind.AUTHORIZE and payment.operations:
+        return payment.operations[0]
+    # Without the key, only an operation of that kind still in doubt can be meant.
+    in_doubt = payment.operation_in_doubt
+    return in_doubt if in_doubt is not None and in_doubt.kind is kind else None
+
+
+def _resolve(payment: Payment, op: Operation, delivery: WebhookDelivery, kind: WebhookKind) -> None:
+    if kind in _SUCCEEDED:
+        amount = op.amount if op.kind is not Kind.CANCEL else 0
+        payment.record_success(
+            op.sequence,
+            provider_reference=delivery.provider_reference or op.provider_reference,
+            amount=amount,
+        )
+    elif delivery.decline_code:
+        payment.record_decline(
+            op.sequence, decline_code=delivery.decline_code, message=delivery.message
+        )
+    else:
+        payment.record_failure(op.sequence, message=delivery.message or "failed at the provider")
+
+
+def _complete(app: Payments, payment: Payment, op: Operation) -> CommandRecord | None:
+    record = app.find_command(command_id(op.scope, op.idempotency_key))
+    if record is None or record.completed:
+        return None
+    record.complete(payment_version=payment.version, in_doubt=False)
+    return record
