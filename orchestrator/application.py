@@ -43,6 +43,7 @@ from orchestrator.domain.errors import (
     RequestInProgress,
 )
 from orchestrator.domain.payment import IN_DOUBT, Cause, Kind, Operation, Payment
+from orchestrator.domain.reference import ProviderReference, reference_id
 from orchestrator.ports import (
     OperationKind,
     OutcomeStatus,
@@ -348,14 +349,15 @@ class Payments(Application[UUID]):
         """Records the outcome (``None``: unknown) and completes the command atomically. If
         something else resolved the operation meanwhile, only completes the command."""
         for _ in range(MAX_CONFLICTS):
+            learned: list[ProviderReference] = []
             if payment.operation(op.sequence).status in IN_DOUBT:
-                _apply(payment, op, outcome, message)
+                learned = apply_outcome(payment, op, outcome, message)
             record.complete(
                 payment_version=payment.version,
                 in_doubt=payment.operation_in_doubt is not None,
             )
             try:
-                self.save(payment, record)
+                self.save(payment, record, *learned)
             except IntegrityError:
                 payment = self.get_payment(payment.id)
                 record = self._get_command(record.id)
@@ -414,7 +416,7 @@ class Payments(Application[UUID]):
                 return payment  # another replica recorded it first
             changed: list[Any] = [payment]
             if found is not None:
-                _apply(payment, op, found, "")
+                changed.extend(apply_outcome(payment, op, found, ""))
                 record = self.find_command(command_id(op.scope, op.idempotency_key))
                 if record is not None and not record.completed:
                     record.complete(payment_version=payment.version, in_doubt=False)
@@ -495,7 +497,12 @@ class Payments(Application[UUID]):
         return self.get_payment(record.payment_id, version=record.payment_version)
 
 
-def _apply(payment: Payment, op: Operation, outcome: ProviderOutcome | None, message: str) -> None:
+def apply_outcome(
+    payment: Payment, op: Operation, outcome: ProviderOutcome | None, message: str
+) -> list[ProviderReference]:
+    """Records what the provider said (``None``: that nobody knows). Returns the index entry
+    of the provider's payment id when this outcome taught it, to be saved with the payment."""
+    authorized_before = payment.authorized
     if outcome is None:
         payment.record_unknown(op.sequence, message=message)
     elif outcome.status is OutcomeStatus.SUCCEEDED:
@@ -509,3 +516,17 @@ def _apply(payment: Payment, op: Operation, outcome: ProviderOutcome | None, mes
         )
     else:
         payment.record_failure(op.sequence, message=outcome.message or "failed at the provider")
+    return learned_reference(payment, authorized_before)
+
+
+def learned_reference(payment: Payment, authorized_before: bool) -> list[ProviderReference]:
+    if authorized_before or not payment.authorized or not payment.provider_reference:
+        return []
+    return [
+        ProviderReference(
+            id=reference_id(payment.provider, payment.provider_reference),
+            provider=payment.provider,
+            provider_reference=payment.provider_reference,
+            payment_id=payment.id,
+        )
+    ]

@@ -12,13 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adapters.sandbox import SandboxAdapter
 from orchestrator.application import DEFAULT_RECOVERY_SCHEDULE, Payments
-from orchestrator.ports import PaymentProvider
+from orchestrator.ports import PaymentProvider, WebhookVerifier
 from orchestrator.resilience.breaker import BreakerPolicy, CircuitBreaker
 from orchestrator.resilience.provider import CallPolicy, ResilientProvider, Stats
 from orchestrator.resilience.retry import RetryPolicy
 from orchestrator.routing import DEFAULT_ROUTE, Route, Router
+from orchestrator.secrets import Secret
 from orchestrator.store import DEFAULT_DATABASE_URL, parse_database_url, schema_lock
+from orchestrator.webhooks.intake import NamedVerifier
 
 log = logging.getLogger("payorch")
 
@@ -40,6 +43,7 @@ class Settings:
     sandbox_listen: str = "127.0.0.1:8181"
     sandbox_url: str | None = None
     grpc_workers: int = 64
+    http_listen: str = "127.0.0.1:8080"
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -51,6 +55,7 @@ class Settings:
             "sandbox_listen": os.environ.get("PAYORCH_SANDBOX_LISTEN"),
             "sandbox_url": os.environ.get("PAYORCH_SANDBOX_URL"),
             "grpc_workers": os.environ.get("PAYORCH_GRPC_WORKERS"),
+            "http_listen": os.environ.get("PAYORCH_HTTP_LISTEN"),
         }
         values: dict[str, Any] = {k: v for k, v in env.items() if v}
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -72,18 +77,25 @@ class Configuration:
     stats: Stats  # what the resilient layer did, across every provider
 
 
-def load_configuration(config_path: str | None, sandbox_url: str | None) -> Configuration:
+def load_configuration(
+    config_path: str | None,
+    sandbox_url: str | None,
+    *,
+    sandbox_webhook_secret: Secret | None = None,
+) -> Configuration:
     """Providers, routes and recovery from the TOML file; without one, every region goes to
-    the sandbox at ``sandbox_url`` with the default policies."""
+    the sandbox at ``sandbox_url`` with the default policies, its webhooks verified with
+    ``sandbox_webhook_secret`` (``payorch serve`` generates one for its in-process sandbox)."""
     stats = Stats()
     if config_path is None:
         if sandbox_url is None:
             raise ValueError("no provider configuration and no sandbox URL")
-        spec = {"type": "sandbox", "base_url": sandbox_url}
-        router = Router(
-            {"sandbox": build_route("sandbox", spec, stats)}, {DEFAULT_ROUTE: ["sandbox"]}
+        secrets = [sandbox_webhook_secret] if sandbox_webhook_secret is not None else []
+        adapter = SandboxAdapter(sandbox_url, name="sandbox", webhook_secrets=secrets)
+        route = resilient_route("sandbox", "sandbox", adapter, {}, stats)
+        return Configuration(
+            Router({"sandbox": route}, {DEFAULT_ROUTE: ["sandbox"]}), RecoverySettings(), stats
         )
-        return Configuration(router, RecoverySettings(), stats)
     config = tomllib.loads(Path(config_path).read_text())
     providers = {
         name: build_route(name, _with_sandbox_url(spec, sandbox_url), stats)
@@ -110,10 +122,16 @@ def build_route(name: str, spec: Mapping[str, Any], stats: Stats) -> Route:
     if kind not in ADAPTERS:
         raise ValueError(f"provider {name!r}: unknown type {kind!r} (known: {sorted(ADAPTERS)})")
     adapter: PaymentProvider = importlib.import_module(ADAPTERS[kind]).from_config(name, spec)
+    return resilient_route(name, kind, adapter, spec, stats)
+
+
+def resilient_route(
+    name: str, kind: str, adapter: PaymentProvider, spec: Mapping[str, Any], stats: Stats
+) -> Route:
     timeout = float(spec.get("timeout", DEFAULT_TIMEOUT))
     if not spec.get("resilient", True):
         # The bare adapter: only to measure what the resilient path costs.
-        return Route(adapter, timeout=timeout)
+        return Route(adapter, timeout=timeout, kind=kind, adapter=adapter)
     retry = RetryPolicy(**_numbers(spec.get("retry", {}), RetryPolicy, name))
     retry = RetryPolicy(retry.base, retry.maximum, retry.max_attempts, min(retry.max_time, timeout))
     breaker = CircuitBreaker(
@@ -121,7 +139,16 @@ def build_route(name: str, spec: Mapping[str, Any], stats: Stats) -> Route:
     )
     policy = CallPolicy(attempt_timeout=float(spec.get("attempt_timeout", timeout)), retry=retry)
     provider = ResilientProvider(adapter, breaker, policy, stats=stats)
-    return Route(provider, timeout=timeout, breaker=breaker)
+    return Route(provider, timeout=timeout, breaker=breaker, kind=kind, adapter=adapter)
+
+
+def webhook_verifiers(router: Router) -> dict[str, list[NamedVerifier]]:
+    """The providers that verify webhooks, by provider type (the URL's ``{provider}``)."""
+    verifiers: dict[str, list[NamedVerifier]] = {}
+    for name, route in sorted(router.routes.items()):
+        if isinstance(route.adapter, WebhookVerifier):
+            verifiers.setdefault(route.kind, []).append(NamedVerifier(name, route.adapter))
+    return verifiers
 
 
 def _numbers(table: Mapping[str, Any], policy: type, owner: str) -> dict[str, Any]:

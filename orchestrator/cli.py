@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
 from types import FrameType
 
-from adapters.sandbox import start_sandbox
+from adapters.sandbox import new_webhook_secret, start_sandbox
 from adapters.sandbox.server import run_sandbox
-from orchestrator.api.server import create_server
-from orchestrator.bootstrap import Settings, build_payments, load_configuration
+from orchestrator.api.server import PaymentServer, create_server
+from orchestrator.application import Payments
+from orchestrator.bootstrap import Settings, build_payments, load_configuration, webhook_verifiers
 from orchestrator.recovery import RecoveryWorker
+from orchestrator.secrets import Secret, secret_from
+from orchestrator.webhooks.http import HttpServer
+from orchestrator.webhooks.intake import WebhookIntake
+from orchestrator.webhooks.processor import WebhookProcessor
 
 log = logging.getLogger("payorch")
 
@@ -30,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--sandbox-listen", help="env PAYORCH_SANDBOX_LISTEN (127.0.0.1:8181)")
     serve.add_argument("--sandbox-url", help="env PAYORCH_SANDBOX_URL: use a running sandbox")
     serve.add_argument("--grpc-workers", type=int, help="env PAYORCH_GRPC_WORKERS (64)")
+    serve.add_argument(
+        "--http-listen", help="env PAYORCH_HTTP_LISTEN (127.0.0.1:8080): webhooks and health"
+    )
 
     sandbox = commands.add_parser("sandbox", help="run the sandbox payment provider alone")
     sandbox.add_argument("--listen", default="127.0.0.1:8181")
@@ -40,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    # httpx logs every request at INFO: our adapters log calls themselves, without URLs.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.command == "sandbox":
         run_sandbox(args.listen)
         return 0
@@ -50,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         sandbox_listen=args.sandbox_listen,
         sandbox_url=args.sandbox_url,
         grpc_workers=args.grpc_workers,
+        http_listen=args.http_listen,
     )
     return serve_forever(settings)
 
@@ -66,6 +78,7 @@ def serve_forever(settings: Settings) -> int:
 
     sandbox = None
     sandbox_url = settings.sandbox_url
+    webhook_secret = _external_sandbox_webhook_secret()
     if settings.config is None and sandbox_url is None:
         try:
             sandbox = start_sandbox(settings.sandbox_listen)
@@ -73,14 +86,19 @@ def serve_forever(settings: Settings) -> int:
             log.error("cannot start the sandbox on %s: %s", settings.sandbox_listen, e)
             return 2
         sandbox_url = sandbox.url
+        webhook_secret = Secret(new_webhook_secret(), "generated for the in-process sandbox")
         log.info("sandbox provider (in-process) listening on %s", sandbox_url)
     try:
-        config = load_configuration(settings.config, sandbox_url)
+        config = load_configuration(
+            settings.config, sandbox_url, sandbox_webhook_secret=webhook_secret
+        )
         router = config.router
         app = build_payments(
             settings.database_url, router, recovery_schedule=config.recovery.schedule
         )
         server = create_server(settings.grpc_listen, app, max_workers=settings.grpc_workers)
+        intake = WebhookIntake(app, webhook_verifiers(router))
+        http = HttpServer(settings.http_listen, intake, ready=lambda: _ready(app, server))
     except Exception as e:  # start-up failures end the process with a message, not a trace
         log.error("cannot start: %s: %s", type(e).__name__, e)
         if sandbox is not None:
@@ -88,17 +106,46 @@ def serve_forever(settings: Settings) -> int:
         return 2
     log.info("providers: %s", ", ".join(router.provider_names))
     server.start()
+    http.start()
     host = settings.grpc_listen.rsplit(":", 1)[0]
+    http_host = settings.http_listen.rsplit(":", 1)[0]
     log.info("payorch gRPC listening on %s:%d", host, server.port)
+    log.info("payorch HTTP listening on %s:%d (webhooks: %s)", http_host, http.port,
+             ", ".join(f"/webhooks/{k}" for k in sorted(intake.verifiers)) or "none")  # fmt: skip
+    if sandbox is not None and webhook_secret is not None:
+        sandbox.configure_webhooks(
+            f"http://{http_host}:{http.port}/webhooks/sandbox", webhook_secret.reveal()
+        )
     recovery = RecoveryWorker(app, interval=config.recovery.interval).start()
+    webhooks = WebhookProcessor(app).start()
     stop.wait()
+    http.stop()
     server.stop(grace=10)
+    webhooks.stop()
     recovery.stop()
     app.close()
     if sandbox is not None:
         sandbox.stop()
     log.info("stopped")
     return 0
+
+
+def _external_sandbox_webhook_secret() -> Secret | None:
+    """The secret of an external sandbox's webhooks (``--sandbox-url``), if it sends any:
+    PAYORCH_SANDBOX_WEBHOOK_SECRET_FILE (a secret file) or PAYORCH_SANDBOX_WEBHOOK_SECRET."""
+    variable = "PAYORCH_SANDBOX_WEBHOOK_SECRET"
+    if f"{variable}_FILE" in os.environ:
+        spec = {"webhook_secret_file": os.environ[f"{variable}_FILE"]}
+    elif variable in os.environ:
+        spec = {"webhook_secret_env": variable}  # the variable's name, not its value
+    else:
+        return None
+    return secret_from(spec, "webhook_secret", owner="sandbox")
+
+
+def _ready(app: Payments, server: PaymentServer) -> bool:
+    app.recorder.max_notification_id()  # the store answers
+    return bool(server.started)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class OperationKind(enum.StrEnum):
@@ -183,6 +183,7 @@ class WebhookRejected(Exception):
         self.reason = reason
 
 
+@runtime_checkable
 class WebhookVerifier(Protocol):
     """Verifies a provider's webhook over the raw bytes, then parses it.
 

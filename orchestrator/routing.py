@@ -18,6 +18,8 @@ class Route:
     provider: PaymentProvider
     timeout: float  # the whole budget of one provider call, retries included, in seconds
     breaker: CircuitBreaker | None = None
+    kind: str = ""  # the provider type: sandbox, stripe, razorpay, adyen
+    adapter: object = None  # the bare adapter under the resilient layer (it verifies webhooks)
 
     def available(self) -> bool:
         """Whether a call would be let through now: an open circuit fails fast."""
@@ -53,3 +55,7 @@ class Router:
     @property
     def provider_names(self) -> list[str]:
         return sorted(self._providers)
+
+    @property
+    def routes(self) -> dict[str, Route]:
+        return dict(self._providers)

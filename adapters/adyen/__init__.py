@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote
@@ -32,6 +32,7 @@ from adapters._http import (
     json_object,
     retry_after_header,
 )
+from adapters._webhooks import no_secret, webhook_secrets
 from adapters.adyen.transformers import (
     RECURRING_MODELS,
     AdyenError,
@@ -46,6 +47,7 @@ from adapters.adyen.transformers import (
     stored_method,
     to_adyen_value,
 )
+from adapters.adyen.webhooks import AdyenWebhooks
 from orchestrator.ports import (
     OperationKind,
     OutcomeStatus,
@@ -53,6 +55,7 @@ from orchestrator.ports import (
     ProviderOperation,
     ProviderOutcome,
     ProviderOutcomeUnknown,
+    WebhookEvent,
 )
 from orchestrator.secrets import Secret, secret_from
 
@@ -60,6 +63,7 @@ __all__ = [
     "TEST_BASE_URL",
     "AdyenAdapter",
     "AdyenNotifications",
+    "AdyenWebhooks",
     "Classification",
     "Verdict",
     "classify",
@@ -237,7 +241,9 @@ Reader = Callable[[JSONObject], ProviderOutcome]
 
 
 class AdyenAdapter(HttpAdapter):
-    """``PaymentProvider`` for Adyen's Checkout API at ``base_url``. Thread-safe."""
+    """``PaymentProvider`` for Adyen's Checkout API at ``base_url``, and ``WebhookVerifier`` for
+    its standard webhooks when ``webhook_secrets`` (the endpoint's hex HMAC keys) are given;
+    every verified item also goes to ``notifications``, where lookups find it. Thread-safe."""
 
     # Adyen deduplicates POSTs by Idempotency-Key (company-account scope, kept >= 31 days).
     honors_idempotency_keys = True
@@ -253,6 +259,7 @@ class AdyenAdapter(HttpAdapter):
         recurring_model: str = "CardOnFile",
         connect_timeout: float = 1.0,
         notifications: AdyenNotifications | None = None,
+        webhook_secrets: Sequence[Secret] = (),
         client: httpx.Client | None = None,
     ) -> None:
         if recurring_model not in RECURRING_MODELS:
@@ -263,6 +270,11 @@ class AdyenAdapter(HttpAdapter):
         self.return_url = return_url
         self.recurring_model = recurring_model
         self.notifications = notifications or AdyenNotifications()
+        self._webhooks = (
+            AdyenWebhooks(webhook_secrets, record=self.notifications.record)
+            if webhook_secrets
+            else None
+        )
         self._api_key = api_key
         self._http = ProviderHttp(
             name,
@@ -306,6 +318,15 @@ class AdyenAdapter(HttpAdapter):
         could "look up" is a re-send with the same key, and that would make the payment if it
         was never made. None means no webhook about it has arrived (yet)."""
         return outcome_from_notifications(operation, self.notifications.items())
+
+    # --- webhooks -------------------------------------------------------------------------------
+
+    def verify_webhook(
+        self, headers: Mapping[str, str], body: bytes, *, now: float
+    ) -> list[WebhookEvent]:
+        if self._webhooks is None:
+            raise no_secret()
+        return self._webhooks.verify_webhook(headers, body, now=now)
 
     # --- HTTP -----------------------------------------------------------------------------------
 
@@ -389,6 +410,9 @@ def from_config(name: str, spec: Mapping[str, Any]) -> AdyenAdapter:
     # base_url = "..."                     (overrides both)
     # recurring_processing_model = "CardOnFile" | "Subscription" | "UnscheduledCardOnFile"
     # connect_timeout = 1.0
+    # webhook_secret_env = "ADYEN_HMAC_KEY"  (or _file: the webhook's hex HMAC key; no webhooks
+    #                                         without it)
+    # webhook_secret_previous_env = "ADYEN_HMAC_KEY_OLD"   (or _file: while a key is rotated)
     """
     api_key = secret_from(spec, "api_key", owner=name)
     base_url = str(spec.get("base_url") or "")
@@ -403,6 +427,7 @@ def from_config(name: str, spec: Mapping[str, Any]) -> AdyenAdapter:
         name=name,
         recurring_model=str(spec.get("recurring_processing_model", "CardOnFile")),
         connect_timeout=float(spec.get("connect_timeout", 1.0)),
+        webhook_secrets=webhook_secrets(spec, owner=name),
     )
 
 

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import quote
 
 import httpx
 
 from adapters._http import HttpAdapter, JSONObject, MalformedAnswerError, ProviderHttp, json_object
+from adapters._webhooks import no_secret, webhook_secrets
 from adapters.razorpay.transformers import (
     NOTE_REASON,
     NOTE_REFERENCE,
@@ -48,6 +49,7 @@ from adapters.razorpay.transformers import (
     refund_idempotency_key,
     refund_outcome,
 )
+from adapters.razorpay.webhooks import RazorpayWebhooks
 from orchestrator.ports import (
     OperationKind,
     OutcomeStatus,
@@ -56,10 +58,11 @@ from orchestrator.ports import (
     ProviderOperation,
     ProviderOutcome,
     ProviderOutcomeUnknown,
+    WebhookEvent,
 )
 from orchestrator.secrets import Secret, secret_from
 
-__all__ = ["DEFAULT_BASE_URL", "RazorpayAdapter", "classify", "from_config"]
+__all__ = ["DEFAULT_BASE_URL", "RazorpayAdapter", "RazorpayWebhooks", "classify", "from_config"]
 
 # One host for test and live mode: the key decides (api/authentication.md).
 DEFAULT_BASE_URL: Final = "https://api.razorpay.com"
@@ -94,7 +97,9 @@ class _Budget:
 
 
 class RazorpayAdapter(HttpAdapter):
-    """``PaymentProvider`` for Razorpay. Thread-safe."""
+    """``PaymentProvider`` for Razorpay, and ``WebhookVerifier`` for its webhooks when
+    ``webhook_secrets`` (the secret set on the webhook, not the API key secret) are given.
+    Thread-safe."""
 
     def __init__(
         self,
@@ -104,10 +109,12 @@ class RazorpayAdapter(HttpAdapter):
         base_url: str = DEFAULT_BASE_URL,
         name: str = "razorpay",
         connect_timeout: float = 1.0,
+        webhook_secrets: Sequence[Secret] = (),
         client: httpx.Client | None = None,
     ) -> None:
         self.name = name
         self.honors_idempotency_keys = False
+        self._webhooks = RazorpayWebhooks(webhook_secrets) if webhook_secrets else None
         self._key_id = key_id
         self._key_secret = key_secret
         self._http = ProviderHttp(
@@ -202,6 +209,15 @@ class RazorpayAdapter(HttpAdapter):
             ) from None
         except MalformedAnswerError as exc:
             raise ProviderOutcomeUnknown(f"razorpay lookup answer malformed: {exc}") from exc
+
+    # --- webhooks ---------------------------------------------------------------------------
+
+    def verify_webhook(
+        self, headers: Mapping[str, str], body: bytes, *, now: float
+    ) -> list[WebhookEvent]:
+        if self._webhooks is None:
+            raise no_secret()
+        return self._webhooks.verify_webhook(headers, body, now=now)
 
     # --- authorization ----------------------------------------------------------------------
 
@@ -395,6 +411,8 @@ def from_config(name: str, spec: Mapping[str, Any]) -> RazorpayAdapter:
     key_secret_file = "/run/secrets/rzp"    # or key_secret_env
     base_url = "https://api.razorpay.com"   # optional
     connect_timeout = 1.0                   # optional, seconds
+    webhook_secret_env = "RAZORPAY_WEBHOOK_SECRET"   # optional (or _file): no webhooks without
+    webhook_secret_previous_file = "/run/secrets/rzp-webhook-old"   # optional, while rotating
     """
     return RazorpayAdapter(
         secret_from(spec, "key_id", owner=name),
@@ -402,6 +420,7 @@ def from_config(name: str, spec: Mapping[str, Any]) -> RazorpayAdapter:
         base_url=str(spec.get("base_url", DEFAULT_BASE_URL)),
         name=name,
         connect_timeout=float(spec.get("connect_timeout", 1.0)),
+        webhook_secrets=webhook_secrets(spec, owner=name),
     )
 
 

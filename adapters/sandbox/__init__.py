@@ -8,7 +8,7 @@ charge twice, a wrong "unknown" only costs a lookup.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -27,7 +27,9 @@ from adapters._http import (
     optional_str,
     retry_after,
 )
+from adapters._webhooks import DEFAULT_TOLERANCE, no_secret, webhook_secrets
 from adapters.sandbox.server import SandboxServer, start_sandbox
+from adapters.sandbox.webhooks import SandboxWebhooks, new_webhook_secret, sign_standard_webhook
 from orchestrator.ports import (
     OperationKind,
     OutcomeStatus,
@@ -35,9 +37,19 @@ from orchestrator.ports import (
     ProviderOperation,
     ProviderOutcome,
     ProviderOutcomeUnknown,
+    WebhookEvent,
 )
+from orchestrator.secrets import Secret
 
-__all__ = ["SandboxAdapter", "SandboxServer", "from_config", "start_sandbox"]
+__all__ = [
+    "SandboxAdapter",
+    "SandboxServer",
+    "SandboxWebhooks",
+    "from_config",
+    "new_webhook_secret",
+    "sign_standard_webhook",
+    "start_sandbox",
+]
 
 _LIVE_STATUSES: Final = frozenset({"authorized", "captured", "voided"})
 
@@ -45,7 +57,9 @@ SuccessReader = Callable[[JSONObject, ProviderOperation], ProviderOutcome]
 
 
 class SandboxAdapter(HttpAdapter):
-    """``PaymentProvider`` for the sandbox provider at ``base_url``. Thread-safe."""
+    """``PaymentProvider`` and ``WebhookVerifier`` for the sandbox provider at ``base_url``.
+    ``webhook_secrets`` are the Standard Webhooks secrets its webhooks are signed with (none:
+    it takes no webhooks); ``payorch serve`` passes one it generated, in memory. Thread-safe."""
 
     def __init__(
         self,
@@ -54,9 +68,16 @@ class SandboxAdapter(HttpAdapter):
         name: str = "sandbox",
         connect_timeout: float = 1.0,
         honors_idempotency_keys: bool = True,
+        webhook_secrets: Sequence[Secret] = (),
+        webhook_tolerance: float = DEFAULT_TOLERANCE,
         client: httpx.Client | None = None,
     ) -> None:
         self.name = name
+        self._webhooks = (
+            SandboxWebhooks(webhook_secrets, tolerance=webhook_tolerance)
+            if webhook_secrets
+            else None
+        )
         # The sandbox documents that it deduplicates Idempotency-Key (unless its
         # honor_idempotency fault is off: then configure this False, and the core looks
         # operations up instead of re-sending them).
@@ -117,6 +138,15 @@ class SandboxAdapter(HttpAdapter):
             return _find(operation, payments)
         except MalformedAnswerError as exc:
             raise ProviderOutcomeUnknown(f"sandbox lookup answer malformed: {exc}") from exc
+
+    # --- webhooks ---------------------------------------------------------------------------
+
+    def verify_webhook(
+        self, headers: Mapping[str, str], body: bytes, *, now: float
+    ) -> list[WebhookEvent]:
+        if self._webhooks is None:
+            raise no_secret()
+        return self._webhooks.verify_webhook(headers, body, now=now)
 
     # --- HTTP -------------------------------------------------------------------------------
 
@@ -335,7 +365,10 @@ def _find_refund(key: str, payment: JSONObject) -> ProviderOutcome | None:
 
 
 def from_config(name: str, spec: Mapping[str, Any]) -> SandboxAdapter:
-    """The adapter from its configuration table (the sandbox needs no credentials)."""
+    """The adapter from its configuration table. The sandbox needs no API credentials; its
+    webhooks are verified with ``webhook_secret_env``/``_file`` (a Standard Webhooks
+    ``whsec_...`` secret) and, while it is rotated, ``webhook_secret_previous_env``/``_file``.
+    Without them the provider takes no webhooks."""
     base_url = spec.get("base_url")
     if not base_url:
         raise ValueError(f"provider {name!r}: base_url is required")
@@ -344,4 +377,5 @@ def from_config(name: str, spec: Mapping[str, Any]) -> SandboxAdapter:
         name=name,
         connect_timeout=float(spec.get("connect_timeout", 1.0)),
         honors_idempotency_keys=bool(spec.get("honors_idempotency_keys", True)),
+        webhook_secrets=webhook_secrets(spec, owner=f"provider {name!r}"),
     )

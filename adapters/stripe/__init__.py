@@ -19,7 +19,7 @@ safe either way.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Final, TypeVar
 from urllib.parse import quote
@@ -34,6 +34,7 @@ from adapters._http import (
     get_str,
     json_object,
 )
+from adapters._webhooks import DEFAULT_TOLERANCE, no_secret, webhook_secrets
 from adapters.stripe.transformers import (
     DEFAULT_API_VERSION,
     DEFAULT_BASE_URL,
@@ -60,6 +61,7 @@ from adapters.stripe.transformers import (
     search_query,
     to_stripe_amount,
 )
+from adapters.stripe.webhooks import StripeWebhooks
 from orchestrator.ports import (
     OperationKind,
     OutcomeStatus,
@@ -67,6 +69,7 @@ from orchestrator.ports import (
     ProviderOperation,
     ProviderOutcome,
     ProviderOutcomeUnknown,
+    WebhookEvent,
 )
 from orchestrator.secrets import Secret, secret_from
 
@@ -76,6 +79,7 @@ __all__ = [
     "Classification",
     "StripeAdapter",
     "StripeError",
+    "StripeWebhooks",
     "Verdict",
     "classify",
     "from_config",
@@ -88,7 +92,8 @@ T = TypeVar("T")
 
 
 class StripeAdapter(HttpAdapter):
-    """``PaymentProvider`` for Stripe. Thread-safe."""
+    """``PaymentProvider`` for Stripe, and ``WebhookVerifier`` for its webhook endpoint when
+    ``webhook_secrets`` (the endpoint's ``whsec_...`` signing secrets) are given. Thread-safe."""
 
     # Stripe stores the first answer under an Idempotency-Key for at least 24 hours and
     # replays it to every re-send with the same parameters.
@@ -103,10 +108,17 @@ class StripeAdapter(HttpAdapter):
         connect_timeout: float = 1.0,
         api_version: str = DEFAULT_API_VERSION,
         multicapture: bool = False,
+        webhook_secrets: Sequence[Secret] = (),
+        webhook_tolerance: float = DEFAULT_TOLERANCE,
         client: httpx.Client | None = None,
     ) -> None:
         self.name = name
         self._secret = secret_key
+        self._webhooks = (
+            StripeWebhooks(webhook_secrets, tolerance=webhook_tolerance)
+            if webhook_secrets
+            else None
+        )
         self._api_version = api_version  # "" sends none: the account's default applies
         # Multicapture (an IC+ feature) lets a PaymentIntent be captured in parts; without
         # it Stripe releases whatever the first capture leaves.
@@ -176,6 +188,15 @@ class StripeAdapter(HttpAdapter):
             return self._lookup(operation, deadline)
         except MalformedAnswerError as exc:
             raise ProviderOutcomeUnknown(f"stripe lookup answer malformed: {exc}") from exc
+
+    # --- webhooks ---------------------------------------------------------------------------
+
+    def verify_webhook(
+        self, headers: Mapping[str, str], body: bytes, *, now: float
+    ) -> list[WebhookEvent]:
+        if self._webhooks is None:
+            raise no_secret()
+        return self._webhooks.verify_webhook(headers, body, now=now)
 
     # --- lookup -----------------------------------------------------------------------------
 
@@ -394,15 +415,19 @@ def _found_capture(intent: JSONObject, operation: ProviderOperation) -> Provider
 def from_config(name: str, spec: Mapping[str, Any]) -> StripeAdapter:
     """The adapter from its TOML table: ``secret_key_env`` or ``secret_key_file`` (never the
     key itself), and optionally ``base_url``, ``connect_timeout``, ``api_version`` ("" for
-    the account's default) and ``multicapture`` (true only where Stripe enabled it)."""
+    the account's default), ``multicapture`` (true only where Stripe enabled it), and the
+    webhook endpoint's signing secret as ``webhook_secret_env``/``_file`` (plus
+    ``webhook_secret_previous_env``/``_file`` while one is rolled; none: no webhooks)."""
     multicapture = spec.get("multicapture", False)
     if not isinstance(multicapture, bool):
         raise ValueError(f"provider {name!r}: multicapture must be true or false")
+    owner = f"provider {name!r}"
     return StripeAdapter(
-        secret_from(spec, "secret_key", owner=f"provider {name!r}"),
+        secret_from(spec, "secret_key", owner=owner),
         name=name,
         base_url=str(spec.get("base_url", DEFAULT_BASE_URL)),
         connect_timeout=float(spec.get("connect_timeout", 1.0)),
         api_version=str(spec.get("api_version", DEFAULT_API_VERSION)),
         multicapture=multicapture,
+        webhook_secrets=webhook_secrets(spec, owner=owner),
     )

@@ -20,9 +20,11 @@ class PaymentServer:
 
     def __init__(self, server: grpc.Server, port: int, health: health.HealthServicer) -> None:
         self.server, self.port, self.health = server, port, health
+        self.started = False
 
     def start(self) -> None:
         self.server.start()
+        self.started = True
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 

@@ -203,6 +203,14 @@ class Payment(Aggregate):
         won: bool
         amount: int
 
+    class ProviderEventReceived(Aggregate.Event):
+        """A provider's webhook about this payment, and what it changed (maybe nothing)."""
+
+        provider: str
+        event_id: str
+        kind: str
+        effect: str
+
     class ReviewRequired(Aggregate.Event):
         """The schedule of lookups ran out: flagged for a person, never failed by guessing."""
 
@@ -241,8 +249,9 @@ class Payment(Aggregate):
         self.failure_message = ""
         self.operations: list[Operation] = []
         self.disputes: dict[str, int] = {}  # open disputes: reference -> amount
-        self.closed_disputes: set[str] = set()
+        self.closed_disputes: dict[str, tuple[bool, int]] = {}  # reference -> (won, amount)
         self.charged_back_amount = 0
+        self.provider_events = 0
 
     # --- what the payment is now -------------------------------------------------------
 
@@ -510,11 +519,22 @@ class Payment(Aggregate):
     def close_dispute(self, reference: str, *, won: bool, amount: int) -> bool:
         """Closes a dispute, even one whose opening has not arrived yet (``amount`` is then
         the provider's figure for it)."""
-        if reference in self.closed_disputes:
-            return False
-        amount = self.disputes.get(reference, min(amount, self.captured_amount))
+        closed = self.closed_disputes.get(reference)
+        if closed is not None and closed[0] is won:
+            return False  # the same outcome again
+        if closed is not None:
+            amount = closed[1]  # decided again (a second chargeback, a reversal)
+        else:
+            amount = self.disputes.get(reference, min(amount, self.captured_amount))
         self._dispute_closed(dispute_reference=reference, won=won, amount=amount)
         return True
+
+    def provider_event_received(
+        self, *, provider: str, event_id: str, kind: str, effect: str
+    ) -> None:
+        self._provider_event_received(
+            provider=provider, event_id=event_id, kind=kind, effect=effect
+        )
 
     def _in_doubt(self, sequence: int) -> Operation:
         if not 0 < sequence <= len(self.operations):
@@ -624,9 +644,18 @@ class Payment(Aggregate):
     @event(DisputeClosed)
     def _dispute_closed(self, *, dispute_reference: str, won: bool, amount: int) -> None:
         self.disputes.pop(dispute_reference, None)
-        self.closed_disputes.add(dispute_reference)
+        before = self.closed_disputes.get(dispute_reference)
+        if before is not None and not before[0]:
+            self.charged_back_amount -= amount  # a lost dispute later won back
+        self.closed_disputes[dispute_reference] = (won, amount)
         if not won:
             self.charged_back_amount += amount
+
+    @event(ProviderEventReceived)
+    def _provider_event_received(
+        self, *, provider: str, event_id: str, kind: str, effect: str
+    ) -> None:
+        self.provider_events += 1
 
     @event(ReviewRequired)
     def _review_required(self, *, sequence: int, message: str) -> None:

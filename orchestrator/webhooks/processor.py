@@ -14,14 +14,16 @@ import threading
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, ProcessingEvent
+from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Tracking
 from eventsourcing.utils import get_topic
 
-from orchestrator.application import Payments
+from orchestrator.application import Payments, learned_reference
 from orchestrator.domain.command import Command as CommandRecord
 from orchestrator.domain.command import command_id
 from orchestrator.domain.errors import PaymentNotFound
 from orchestrator.domain.payment import IN_DOUBT, Kind, Operation, Payment
+from orchestrator.domain.reference import ProviderReference, reference_id
 from orchestrator.domain.webhook import WebhookDelivery
 from orchestrator.ports import WebhookKind
 
@@ -109,18 +111,34 @@ class WebhookProcessor:
             log.warning("unmatched webhook %s %s: %s", delivery.provider, delivery.event_id, reason)
             delivery.unmatched(reason)
             return f"unmatched: {reason}"
-        effect, record = _effect(self.app, payment, delivery)
+        effect, changed = _effect(self.app, payment, delivery)
+        payment.provider_event_received(
+            provider=delivery.verified_by,
+            event_id=delivery.event_id,
+            kind=delivery.kind,
+            effect=effect,
+        )
         delivery.applied(payment_id=payment.id, payment_version=payment.version, effect=effect)
-        processing.collect_events(payment, record)
+        processing.collect_events(payment, *changed)
         return effect
 
     def _payment_for(self, delivery: WebhookDelivery) -> Payment | None:
-        if not delivery.payment_id:
-            return None
-        try:
-            return self.app.get_payment(UUID(delivery.payment_id))
-        except (ValueError, PaymentNotFound, AggregateNotFoundError):
-            return None
+        """By our id when the provider echoes it, else by the operation's provider key (it
+        begins with our payment id), else by the provider's own id for the payment."""
+        candidates = [delivery.payment_id, delivery.operation_key.split(":", 1)[0]]
+        for candidate in candidates:
+            try:
+                return self.app.get_payment(UUID(candidate))
+            except (ValueError, PaymentNotFound):
+                continue
+        if delivery.provider_reference:
+            index = reference_id(delivery.verified_by, delivery.provider_reference)
+            try:
+                entry: ProviderReference = self.app.repository.get(index)
+            except AggregateNotFoundError:
+                return None
+            return self.app.get_payment(entry.payment_id)
+        return None
 
     def start(self) -> WebhookProcessor:
         self._thread = threading.Thread(target=self._run, name="webhooks", daemon=True)
@@ -143,23 +161,25 @@ class WebhookProcessor:
 
 def _effect(
     app: Payments, payment: Payment, delivery: WebhookDelivery
-) -> tuple[str, CommandRecord | None]:
+) -> tuple[str, list[Aggregate]]:
     kind = WebhookKind(delivery.kind)
     if kind in (WebhookKind.DISPUTE_OPENED, WebhookKind.DISPUTE_WON, WebhookKind.DISPUTE_LOST):
-        return _dispute(payment, delivery, kind), None
+        return _dispute(payment, delivery, kind), []
     if kind not in _OPERATION_KIND:
-        return "nothing to apply", None
+        return "nothing to apply", []
     op = _operation(payment, delivery, _OPERATION_KIND[kind])
     if op is None:
-        return "no matching operation", None
+        return "no matching operation", []
     if op.status in IN_DOUBT:
+        authorized_before = payment.authorized
         _resolve(payment, op, delivery, kind)
-        return f"resolved operation {op.sequence}", _complete(app, payment, op)
+        changed = [*learned_reference(payment, authorized_before), *_complete(app, payment, op)]
+        return f"resolved operation {op.sequence}", changed
     if kind in (WebhookKind.CAPTURE_FAILED, WebhookKind.REFUND_FAILED) and payment.reverse(
         op.sequence, message=delivery.message or f"{kind.value} reported by the provider"
     ):
-        return f"reversed operation {op.sequence}", None
-    return f"operation {op.sequence} already {op.status.value}: unchanged", None
+        return f"reversed operation {op.sequence}", []
+    return f"operation {op.sequence} already {op.status.value}: unchanged", []
 
 
 def _dispute(payment: Payment, delivery: WebhookDelivery, kind: WebhookKind) -> str:
@@ -202,9 +222,9 @@ def _resolve(payment: Payment, op: Operation, delivery: WebhookDelivery, kind: W
         payment.record_failure(op.sequence, message=delivery.message or "failed at the provider")
 
 
-def _complete(app: Payments, payment: Payment, op: Operation) -> CommandRecord | None:
+def _complete(app: Payments, payment: Payment, op: Operation) -> list[CommandRecord]:
     record = app.find_command(command_id(op.scope, op.idempotency_key))
     if record is None or record.completed:
-        return None
+        return []
     record.complete(payment_version=payment.version, in_doubt=False)
-    return record
+    return [record]

@@ -542,6 +542,8 @@ def test_unknown_routes_are_404(client: httpx.Client) -> None:
     assert client.get("/v2/payments").status_code == 404
     assert client.post("/v1/payments/x/explode", json={}).status_code == 404
     assert client.put("/v1/payments", json={}).status_code == 404
+    assert client.delete("/_sandbox/faults").status_code == 404
+    assert client.post("/_sandbox/payments/x/refund", json={}).status_code == 404
     assert error_of(client.get("/nope"))["type"] == "invalid_request_error"
 
 
@@ -786,6 +788,41 @@ def test_reset_clears_everything(client: httpx.Client) -> None:
     again = post(client, "/v1/payments", payment_body(capture=True), key="k-reset")
     assert again.status_code == 200
     assert "idempotent-replayed" not in again.headers
+
+
+def test_webhooks_are_off_by_default(server: SandboxServer, client: httpx.Client) -> None:
+    assert client.get("/_sandbox/webhooks").json() == {
+        "enabled": False,
+        "url": None,
+        "secret": None,
+        "max_attempts": None,
+        "initial_delay_ms": None,
+        "max_delay_ms": None,
+        "timeout_ms": None,
+        "stats": {"sent": 0, "delivered": 0, "failed_attempts": 0, "pending": 0, "gave_up": 0},
+    }
+    create(client, capture=True)
+    assert server.state.webhook_stats()["sent"] == 0
+    assert client.delete("/_sandbox/webhooks").json()["enabled"] is False  # already off: fine
+
+
+def test_disputes_move_money_without_webhooks(server: SandboxServer, client: httpx.Client) -> None:
+    payment = create(client, capture=True, amount=900)
+    dispute = post(client, f"/_sandbox/payments/{payment['id']}/dispute", {}).json()
+    assert (dispute["amount"], dispute["status"], dispute["payment"]) == (
+        900,
+        "open",
+        payment["id"],
+    )
+    post(client, f"/_sandbox/disputes/{dispute['id']}/close", {"outcome": "won"})
+    assert kinds(client) == ["authorization", "capture", "dispute", "dispute_reversal"]
+    # the payment object itself is unchanged by disputes
+    assert client.get(f"/v1/payments/{payment['id']}").json() == payment
+    client.post("/_sandbox/reset")
+    assert server.state.disputes() == []
+    assert post(client, f"/_sandbox/disputes/{dispute['id']}/close", {}).status_code == 400
+    closing = post(client, f"/_sandbox/disputes/{dispute['id']}/close", {"outcome": "lost"})
+    assert closing.status_code == 404
 
 
 def _outcomes(client: httpx.Client, seed: int) -> list[int]:
