@@ -143,7 +143,10 @@ def test_the_readme_configuration_example_loads(
     from orchestrator.bootstrap import load_configuration
 
     config = load_configuration(str(path), None)
-    assert [r.provider.name for r in config.router.candidates("US", "USD")] == ["stripe-us", "adyen-us"]
+    assert [r.provider.name for r in config.router.candidates("US", "USD")] == [
+        "stripe-us",
+        "adyen-us",
+    ]
     assert [r.provider.name for r in config.router.candidates("IN", "INR")] == ["razorpay-in"]
     assert config.recovery.schedule[0] == 60
     stripe = config.router.route("stripe-us")
