@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,13 +11,24 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from eventsourcing.utils import get_topic
 
-from adapters.sandbox import SandboxServer
+from adapters.sandbox import SandboxServer, new_webhook_secret, sign_standard_webhook
 from orchestrator.api._generated import payments_pb2_grpc
 from orchestrator.api.server import PaymentServer, create_server
 from orchestrator.application import Payments
-from orchestrator.bootstrap import build_payments, load_configuration, load_router
+from orchestrator.bootstrap import (
+    build_payments,
+    load_configuration,
+    load_router,
+    webhook_verifiers,
+)
+from orchestrator.domain.webhook import WebhookDelivery
 from orchestrator.recovery import RecoveryWorker
+from orchestrator.secrets import Secret
+from orchestrator.webhooks.http import HttpServer
+from orchestrator.webhooks.intake import WebhookIntake
+from orchestrator.webhooks.processor import WebhookProcessor
 
 
 @dataclass
@@ -108,3 +120,64 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@dataclass
+class WebhookStack:
+    app: Payments
+    stub: payments_pb2_grpc.PaymentOrchestratorStub
+    sandbox: SandboxServer
+    http_url: str
+    secret: str
+    processor: WebhookProcessor
+
+    def post(self, body: bytes, *, secret: str | None = None, timestamp: int | None = None,
+             event_id: str = "evt_test_1", provider: str = "sandbox") -> httpx.Response:  # fmt: skip
+        stamp = int(time.time()) if timestamp is None else timestamp
+        signature = sign_standard_webhook(secret or self.secret, event_id, stamp, body)
+        headers = {
+            "webhook-id": event_id,
+            "webhook-timestamp": str(stamp),
+            "webhook-signature": signature,
+        }
+        return httpx.post(f"{self.http_url}/webhooks/{provider}", content=body, headers=headers)
+
+    def deliveries(self) -> int:
+        return len(
+            self.app.recorder.select_notifications(
+                0, 10_000, topics=[get_topic(WebhookDelivery.Received)]
+            )
+        )
+
+
+@pytest.fixture
+def webhook_stack(database_url: str, sandbox: SandboxServer) -> Iterator[WebhookStack]:
+    """payorch with its HTTP intake, the sandbox sending it signed webhooks; the processor
+    is run by the test (``stack.processor.run_once()``) unless started."""
+    secret = new_webhook_secret()
+    config = load_configuration(None, sandbox.url, sandbox_webhook_secret=Secret(secret, "test"))
+    app = build_payments(database_url, config.router)
+    server = create_server("127.0.0.1:0", app, max_workers=80)
+    server.start()
+    intake = WebhookIntake(app, webhook_verifiers(config.router))
+    http = HttpServer("127.0.0.1:0", intake, ready=lambda: True).start()
+    http_url = f"http://127.0.0.1:{http.port}"
+    sandbox.configure_webhooks(f"{http_url}/webhooks/sandbox", secret, initial_delay_ms=50)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    processor = WebhookProcessor(app, interval=0.05)
+    try:
+        yield WebhookStack(
+            app,
+            payments_pb2_grpc.PaymentOrchestratorStub(channel),
+            sandbox,
+            http_url,
+            secret,
+            processor,
+        )
+    finally:
+        processor.stop()
+        sandbox.disable_webhooks()
+        channel.close()
+        http.stop()
+        server.stop(grace=1)
+        app.close()

@@ -1,0 +1,336 @@
+"""Webhooks end to end: real signed deliveries over HTTP into payorch, stored once, applied
+once by the background processor, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from orchestrator.api._generated import payments_pb2 as pb
+from orchestrator.bootstrap import build_payments, load_configuration
+from orchestrator.secrets import Secret
+from orchestrator.webhooks.processor import WebhookProcessor
+from tests.e2e.conftest import WebhookStack
+from tests.e2e.helpers import create_request
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def sandbox_event(
+    kind: str, payment: dict[str, object], event_id: str = "evt_test_1", **data: object
+) -> bytes:
+    body = {
+        "id": event_id,
+        "type": kind,
+        "created": int(time.time()),
+        "data": {"payment": payment, **data},
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def sandbox_payment(stack: WebhookStack, provider_reference: str) -> dict[str, object]:
+    return httpx.get(f"{stack.sandbox.url}/v1/payments/{provider_reference}").json()  # type: ignore[no-any-return]
+
+
+def events(stack: WebhookStack, payment_id: str) -> list[pb.PaymentEvent]:
+    return list(
+        stack.stub.ListPaymentEvents(pb.ListPaymentEventsRequest(payment_id=payment_id)).events
+    )
+
+
+def wait_for(condition: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.05)
+
+
+def test_the_full_local_loop_records_the_payment_and_the_sandbox_webhook(
+    webhook_stack: WebhookStack,
+) -> None:
+    webhook_stack.processor.start()
+    payment = webhook_stack.stub.CreatePayment(create_request("loop"))
+    captured = webhook_stack.stub.CapturePayment(
+        pb.CapturePaymentRequest(idempotency_key="loop-capture", payment_id=payment.payment_id)
+    )
+    assert captured.status == pb.PAYMENT_STATUS_CAPTURED
+    wait_for(
+        lambda: (
+            [e.type for e in events(webhook_stack, payment.payment_id)].count(
+                "ProviderEventReceived"
+            )
+            == 2
+        )
+    )
+    recorded = events(webhook_stack, payment.payment_id)
+    types = [e.type for e in recorded]
+    assert types[:3] == ["Requested", "OperationStarted", "Authorized"]
+    received = [json.loads(e.data) for e in recorded if e.type == "ProviderEventReceived"]
+    assert sorted(r["kind"] for r in received) == ["authorization_succeeded", "capture_succeeded"]
+    assert all(r["effect"].endswith("unchanged") for r in received)
+
+
+def test_a_processing_payment_is_resolved_by_its_webhook(webhook_stack: WebhookStack) -> None:
+    webhook_stack.sandbox.state.update_faults({"timeout_rate": 1.0, "hang_ms": 3500})
+    payment = webhook_stack.stub.CreatePayment(create_request("late"))
+    assert payment.status == pb.PAYMENT_STATUS_PROCESSING
+    webhook_stack.sandbox.state.update_faults({"timeout_rate": 0.0})
+    webhook_stack.processor.start()  # no recovery worker runs here: only the webhook can tell
+    request = pb.GetPaymentRequest(payment_id=payment.payment_id)
+    wait_for(lambda: webhook_stack.stub.GetPayment(request).status == pb.PAYMENT_STATUS_AUTHORIZED)
+    types = [e.type for e in events(webhook_stack, payment.payment_id)]
+    assert types[:4] == ["Requested", "OperationStarted", "OutcomeUnknown", "Authorized"]
+    assert "ProviderEventReceived" in types
+    # The command's retry now answers with what the webhook taught us.
+    assert (
+        webhook_stack.stub.CreatePayment(create_request("late")).status
+        == pb.PAYMENT_STATUS_AUTHORIZED
+    )
+
+
+def test_the_same_webhook_delivered_ten_times_at_once_is_stored_once_and_applied_once(
+    webhook_stack: WebhookStack,
+) -> None:
+    webhook_stack.sandbox.disable_webhooks()
+    payment = webhook_stack.stub.CreatePayment(create_request("dup"))
+    body = sandbox_event(
+        "payment.authorized", sandbox_payment(webhook_stack, payment.provider_reference), "evt_dup"
+    )
+    before = webhook_stack.deliveries()
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        answers = list(pool.map(lambda _: webhook_stack.post(body, event_id="evt_dup"), range(10)))
+    assert [a.status_code for a in answers] == [200] * 10
+    assert sum(a.json()["stored"] for a in answers) == 1
+    assert webhook_stack.deliveries() == before + 1
+    webhook_stack.processor.run_once()
+    webhook_stack.processor.run_once()
+    received = [
+        e for e in events(webhook_stack, payment.payment_id) if e.type == "ProviderEventReceived"
+    ]
+    assert len(received) == 1
+
+
+def test_a_late_webhook_never_regresses_a_payment(webhook_stack: WebhookStack) -> None:
+    webhook_stack.sandbox.disable_webhooks()
+    payment = webhook_stack.stub.CreatePayment(create_request("final"))
+    payment = webhook_stack.stub.CapturePayment(
+        pb.CapturePaymentRequest(idempotency_key="c", payment_id=payment.payment_id)
+    )
+    refunded = webhook_stack.stub.RefundPayment(
+        pb.RefundPaymentRequest(idempotency_key="r", payment_id=payment.payment_id)
+    )
+    assert refunded.status == pb.PAYMENT_STATUS_REFUNDED
+    stale = sandbox_payment(webhook_stack, payment.provider_reference)
+    stale = {**stale, "status": "declined", "decline_code": "card_declined"}
+    assert (
+        webhook_stack.post(
+            sandbox_event("payment.declined", stale, "evt_late"), event_id="evt_late"
+        ).status_code
+        == 200
+    )
+    webhook_stack.processor.run_once()
+    after = webhook_stack.stub.GetPayment(pb.GetPaymentRequest(payment_id=payment.payment_id))
+    assert after.status == pb.PAYMENT_STATUS_REFUNDED
+    assert (after.captured_amount, after.refunded_amount) == (1000, 1000)
+    (received,) = [
+        json.loads(e.data)
+        for e in events(webhook_stack, payment.payment_id)
+        if e.type == "ProviderEventReceived"
+    ]
+    assert received["effect"] == "operation 1 already succeeded: unchanged"
+
+
+def test_disputes_open_and_close_even_out_of_order(webhook_stack: WebhookStack) -> None:
+    webhook_stack.sandbox.disable_webhooks()
+    payment = webhook_stack.stub.CreatePayment(
+        create_request("disputed", capture_mode=pb.CAPTURE_MODE_AUTOMATIC)
+    )
+    sbx = sandbox_payment(webhook_stack, payment.provider_reference)
+    dispute = {
+        "id": "sbx_dp_1",
+        "amount": 1000,
+        "currency": "USD",
+        "reason": "fraudulent",
+        "status": "lost",
+    }
+    closed = sandbox_event("dispute.closed", sbx, "evt_closed", dispute=dispute)
+    opened = sandbox_event(
+        "dispute.opened", sbx, "evt_opened", dispute={**dispute, "status": "open"}
+    )
+    # The closing arrives first, then the (older) opening: it must not reopen the dispute.
+    assert webhook_stack.post(closed, event_id="evt_closed").status_code == 200
+    assert webhook_stack.post(opened, event_id="evt_opened").status_code == 200
+    webhook_stack.processor.run_once()
+    after = webhook_stack.stub.GetPayment(pb.GetPaymentRequest(payment_id=payment.payment_id))
+    assert after.status == pb.PAYMENT_STATUS_CHARGED_BACK
+    assert after.charged_back_amount == 1000
+
+
+def test_a_dispute_opened_then_won_returns_the_payment_to_captured(
+    webhook_stack: WebhookStack,
+) -> None:
+    webhook_stack.processor.start()
+    payment = webhook_stack.stub.CreatePayment(
+        create_request("won", capture_mode=pb.CAPTURE_MODE_AUTOMATIC)
+    )
+    dispute = httpx.post(
+        f"{webhook_stack.sandbox.url}/_sandbox/payments/{payment.provider_reference}/dispute",
+        json={"reason": "fraudulent"},
+    ).json()
+    request = pb.GetPaymentRequest(payment_id=payment.payment_id)
+    wait_for(lambda: webhook_stack.stub.GetPayment(request).status == pb.PAYMENT_STATUS_DISPUTED)
+    httpx.post(
+        f"{webhook_stack.sandbox.url}/_sandbox/disputes/{dispute['id']}/close",
+        json={"outcome": "won"},
+    ).raise_for_status()
+    wait_for(lambda: webhook_stack.stub.GetPayment(request).status == pb.PAYMENT_STATUS_CAPTURED)
+
+
+def test_a_webhook_for_a_payment_we_do_not_know_is_kept_and_reported(
+    webhook_stack: WebhookStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    webhook_stack.sandbox.disable_webhooks()
+    foreign = {
+        "id": "sbx_pay_foreign",
+        "reference": "6f1c1f6e-0000-4000-8000-000000000001",
+        "amount": 5,
+        "currency": "USD",
+        "idempotency_key": None,
+        "status": "authorized",
+    }
+    assert (
+        webhook_stack.post(
+            sandbox_event("payment.authorized", foreign, "evt_foreign"), event_id="evt_foreign"
+        ).status_code
+        == 200
+    )
+    with caplog.at_level("WARNING", logger="payorch.webhooks"):
+        webhook_stack.processor.run_once()
+    assert any("unmatched webhook sandbox evt_foreign" in r.getMessage() for r in caplog.records)
+    from orchestrator.domain.webhook import WebhookDelivery, delivery_id
+
+    kept: WebhookDelivery = webhook_stack.app.repository.get(delivery_id("sandbox", "evt_foreign"))
+    assert kept.outcome == "unmatched"
+
+
+def test_an_acknowledged_webhook_survives_a_crash_before_processing(
+    webhook_stack: WebhookStack, database_url: str
+) -> None:
+    webhook_stack.sandbox.state.update_faults({"timeout_rate": 1.0, "hang_ms": 3500})
+    payment = webhook_stack.stub.CreatePayment(create_request("crash"))
+    assert payment.status == pb.PAYMENT_STATUS_PROCESSING
+    webhook_stack.sandbox.state.update_faults({"timeout_rate": 0.0})
+    wait_for(lambda: webhook_stack.deliveries() >= 1)  # acknowledged and stored, never processed
+    webhook_stack.app.close()  # the process dies here: no consumer ever ran
+
+    config = load_configuration(
+        None, webhook_stack.sandbox.url, sandbox_webhook_secret=Secret(webhook_stack.secret, "t")
+    )
+    restarted = build_payments(database_url, config.router)
+    try:
+        processor = WebhookProcessor(restarted)
+        assert processor.position() == 0
+        assert processor.run_once() >= 1
+        assert restarted.get_payment(payment.payment_id).status.value == "authorized"
+        assert processor.run_once() == 0  # nothing twice
+    finally:
+        restarted.close()
+
+
+BAD = [
+    ("no signature", {"drop": "webhook-signature"}, 400),
+    ("a tampered body", {"tamper": True}, 401),
+    ("a wrong secret", {"secret": "whsec_" + "A" * 44}, 401),
+    ("a stale timestamp", {"timestamp": -301}, 400),
+    ("a future timestamp", {"timestamp": 301}, 400),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("change", "status"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_deliveries_are_refused_and_nothing_is_stored(
+    webhook_stack: WebhookStack,
+    change: dict[str, object],
+    status: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    body = sandbox_event("payment.authorized", {"id": "sbx_pay_x", "reference": "", "amount": 1})
+    stamp = int(time.time()) + int(change.get("timestamp", 0))  # type: ignore[call-overload]
+    secret = str(change.get("secret", webhook_stack.secret))
+    from adapters.sandbox import sign_standard_webhook
+
+    headers = {"webhook-id": "evt_bad", "webhook-timestamp": str(stamp),
+               "webhook-signature": sign_standard_webhook(secret, "evt_bad", stamp, body)}  # fmt: skip
+    headers.pop(str(change.get("drop", "")), None)
+    sent = body + b" " if change.get("tamper") else body
+    before = webhook_stack.deliveries()
+    with caplog.at_level("DEBUG"):
+        answer = httpx.post(
+            f"{webhook_stack.http_url}/webhooks/sandbox", content=sent, headers=headers
+        )
+    assert answer.status_code == status
+    assert webhook_stack.deliveries() == before
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert webhook_stack.secret not in logged and "sbx_pay_x" not in logged
+
+
+def test_malformed_oversized_and_unknown_deliveries_get_clear_4xx(
+    webhook_stack: WebhookStack,
+) -> None:
+    before = webhook_stack.deliveries()
+    assert webhook_stack.post(b"{not json").status_code == 400
+    big = b'{"x":"' + b"a" * (1024 * 1024) + b'"}'
+    assert webhook_stack.post(big).status_code == 413
+    assert httpx.post(f"{webhook_stack.http_url}/webhooks/paypal", content=b"{}").status_code == 404
+    assert webhook_stack.deliveries() == before
+    assert httpx.get(f"{webhook_stack.http_url}/healthz").status_code == 200
+    assert httpx.get(f"{webhook_stack.http_url}/readyz").status_code == 200
+
+
+def test_a_rotated_secret_accepts_the_old_and_the_new(database_url: str, tmp_path: object) -> None:
+    from pathlib import Path
+
+    from adapters.sandbox import new_webhook_secret, sign_standard_webhook
+    from orchestrator.bootstrap import webhook_verifiers
+    from orchestrator.ports import WebhookRejected
+    from orchestrator.webhooks.intake import WebhookIntake
+
+    old, new, other = new_webhook_secret(), new_webhook_secret(), new_webhook_secret()
+    folder = Path(str(tmp_path))
+    (folder / "new").write_text(new)
+    (folder / "old").write_text(old)
+    (folder / "providers.toml").write_text(
+        '[providers.sandbox]\ntype = "sandbox"\nbase_url = "http://127.0.0.1:9"\n'
+        f'webhook_secret_file = "{folder / "new"}"\nwebhook_secret_previous_file = "{folder / "old"}"\n'
+        '[routes]\n"*" = ["sandbox"]\n'
+    )
+    config = load_configuration(str(folder / "providers.toml"), None)
+    app = build_payments(database_url, config.router)
+    try:
+        intake = WebhookIntake(app, webhook_verifiers(config.router))
+        body = sandbox_event(
+            "payment.authorized",
+            {
+                "id": "sbx_pay_r",
+                "reference": "",
+                "amount": 1,
+                "currency": "USD",
+                "status": "authorized",
+                "idempotency_key": "k",
+            },
+        )
+        for i, secret in enumerate((old, new)):
+            stamp = int(time.time())
+            headers = {"webhook-id": f"evt_r{i}", "webhook-timestamp": str(stamp),
+                       "webhook-signature": sign_standard_webhook(secret, f"evt_r{i}", stamp, body)}  # fmt: skip
+            assert intake.receive("sandbox", headers, body).stored == 1
+        stamp = int(time.time())
+        headers = {"webhook-id": "evt_r9", "webhook-timestamp": str(stamp),
+                   "webhook-signature": sign_standard_webhook(other, "evt_r9", stamp, body)}  # fmt: skip
+        with pytest.raises(WebhookRejected):
+            intake.receive("sandbox", headers, body)
+    finally:
+        app.close()
