@@ -334,3 +334,52 @@ def test_a_rotated_secret_accepts_the_old_and_the_new(database_url: str, tmp_pat
             intake.receive("sandbox", headers, body)
     finally:
         app.close()
+
+
+def test_adyen_notifications_are_verified_per_item_and_answered_accepted(
+    database_url: str, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    from adapters.adyen.transformers import hmac_signature
+    from orchestrator.bootstrap import webhook_verifiers
+    from orchestrator.webhooks.http import HttpServer
+    from orchestrator.webhooks.intake import WebhookIntake
+
+    key = "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056"
+    folder = Path(str(tmp_path))
+    (folder / "hmac").write_text(key)
+    (folder / "api").write_text("test-api-key")
+    (folder / "providers.toml").write_text(
+        '[providers.adyen-eu]\ntype = "adyen"\nbase_url = "http://127.0.0.1:9"\n'
+        f'api_key_file = "{folder / "api"}"\nmerchant_account = "TestMerchant"\n'
+        'return_url = "https://example.com/r"\n'
+        f'webhook_secret_file = "{folder / "hmac"}"\n[routes]\n"*" = ["adyen-eu"]\n'
+    )
+    config = load_configuration(str(folder / "providers.toml"), None)
+    app = build_payments(database_url, config.router)
+    http = HttpServer(
+        "127.0.0.1:0", WebhookIntake(app, webhook_verifiers(config.router)), ready=lambda: True
+    ).start()
+    try:
+        item = {
+            "pspReference": "7914073381342284", "merchantReference": "TestPayment-1407325143704",
+            "merchantAccountCode": "TestMerchant", "amount": {"currency": "EUR", "value": 1130},
+            "eventCode": "AUTHORISATION", "success": "true", "additionalData": {},
+        }  # fmt: skip
+        item["additionalData"] = {"hmacSignature": hmac_signature(item, key)}
+        body = json.dumps(
+            {"live": "false", "notificationItems": [{"NotificationRequestItem": item}]}
+        )
+        url = f"http://127.0.0.1:{http.port}/webhooks/adyen"
+        answer = httpx.post(
+            url, content=body.encode(), headers={"content-type": "application/json"}
+        )
+        assert (answer.status_code, answer.text) == (200, "[accepted]")
+        tampered = body.replace("1130", "1131").encode()
+        assert httpx.post(url, content=tampered).status_code == 401
+        processed = WebhookProcessor(app).run_once()
+        assert processed == 1  # stored once; our store knows no such payment: kept, unmatched
+    finally:
+        http.stop()
+        app.close()

@@ -134,9 +134,12 @@ def test_the_readme_configuration_example_loads(
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     example = next(b for b in re.findall(r"```toml\n(.*?)```", readme, re.S) if "[recovery]" in b)
     monkeypatch.setenv("STRIPE_SECRET_KEY", "sk_test_x")
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_new")
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET_OLD", "whsec_old")
     monkeypatch.setenv("RAZORPAY_KEY_ID", "rzp_test_x")
     for name in ("adyen_api_key", "razorpay_key_secret"):
         (tmp_path / name).write_text("secret\n")
+    (tmp_path / "adyen_hmac_key").write_text("44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056\n")
     example = example.replace("/run/secrets/", f"{tmp_path}/")
     path = tmp_path / "providers.toml"
     path.write_text(example)
@@ -152,3 +155,8 @@ def test_the_readme_configuration_example_loads(
     stripe = config.router.route("stripe-us")
     assert stripe.timeout == 10.0 and stripe.breaker is not None
     assert stripe.breaker.policy.failure_threshold == 5
+    from orchestrator.bootstrap import webhook_verifiers
+
+    assert {k: [v.name for v in vs] for k, vs in webhook_verifiers(config.router).items()} == {
+        "stripe": ["stripe-us"], "adyen": ["adyen-us"], "razorpay": ["razorpay-in"], "sandbox": ["sandbox"],
+    }  # fmt: skip
