@@ -139,7 +139,9 @@ def test_the_readme_configuration_example_loads(
     monkeypatch.setenv("RAZORPAY_KEY_ID", "rzp_test_x")
     for name in ("adyen_api_key", "razorpay_key_secret"):
         (tmp_path / name).write_text("secret\n")
-    (tmp_path / "adyen_hmac_key").write_text("44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056\n")
+    (tmp_path / "adyen_hmac_key").write_text(
+        "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056\n"
+    )
     example = example.replace("/run/secrets/", f"{tmp_path}/")
     path = tmp_path / "providers.toml"
     path.write_text(example)
