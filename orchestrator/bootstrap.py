@@ -44,6 +44,7 @@ class Settings:
     sandbox_url: str | None = None
     grpc_workers: int = 64
     http_listen: str = "127.0.0.1:8080"
+    webhook_max_body: int = 1024 * 1024
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -56,11 +57,13 @@ class Settings:
             "sandbox_url": os.environ.get("PAYORCH_SANDBOX_URL"),
             "grpc_workers": os.environ.get("PAYORCH_GRPC_WORKERS"),
             "http_listen": os.environ.get("PAYORCH_HTTP_LISTEN"),
+            "webhook_max_body": os.environ.get("PAYORCH_WEBHOOK_MAX_BODY"),
         }
         values: dict[str, Any] = {k: v for k, v in env.items() if v}
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if "grpc_workers" in values:
-            values["grpc_workers"] = int(values["grpc_workers"])
+        for number in ("grpc_workers", "webhook_max_body"):
+            if number in values:
+                values[number] = int(values[number])
         return cls(**values)
 
 

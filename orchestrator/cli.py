@@ -39,9 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument(
         "--http-listen", help="env PAYORCH_HTTP_LISTEN (127.0.0.1:8080): webhooks and health"
     )
+    serve.add_argument(
+        "--webhook-max-body", type=int, help="env PAYORCH_WEBHOOK_MAX_BODY (1048576 bytes)"
+    )
 
     sandbox = commands.add_parser("sandbox", help="run the sandbox payment provider alone")
     sandbox.add_argument("--listen", default="127.0.0.1:8181")
+    sandbox.add_argument(
+        "--webhook-url",
+        help="send signed webhooks there (secret: env PAYORCH_SANDBOX_WEBHOOK_SECRET or _FILE)",
+    )
 
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -52,7 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     # httpx logs every request at INFO: our adapters log calls themselves, without URLs.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.command == "sandbox":
-        run_sandbox(args.listen)
+        secret = _external_sandbox_webhook_secret() if args.webhook_url else None
+        if args.webhook_url and secret is None:
+            log.error("--webhook-url needs PAYORCH_SANDBOX_WEBHOOK_SECRET or _FILE")
+            return 2
+        run_sandbox(
+            args.listen,
+            webhook_url=args.webhook_url,
+            webhook_secret=secret.reveal() if secret is not None else None,
+        )
         return 0
     settings = Settings.from_env(
         grpc_listen=args.grpc_listen,
@@ -62,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         sandbox_url=args.sandbox_url,
         grpc_workers=args.grpc_workers,
         http_listen=args.http_listen,
+        webhook_max_body=args.webhook_max_body,
     )
     return serve_forever(settings)
 
@@ -98,7 +114,12 @@ def serve_forever(settings: Settings) -> int:
         )
         server = create_server(settings.grpc_listen, app, max_workers=settings.grpc_workers)
         intake = WebhookIntake(app, webhook_verifiers(router))
-        http = HttpServer(settings.http_listen, intake, ready=lambda: _ready(app, server))
+        http = HttpServer(
+            settings.http_listen,
+            intake,
+            ready=lambda: _ready(app, server),
+            max_body=settings.webhook_max_body,
+        )
     except Exception as e:  # start-up failures end the process with a message, not a trace
         log.error("cannot start: %s: %s", type(e).__name__, e)
         if sandbox is not None:
