@@ -55,8 +55,11 @@ def test_serve_with_no_configuration_uses_sqlite_and_an_in_process_sandbox(
 ) -> None:
     log = tmp_path / "serve.log"
     process = _start(
-        ["serve", "--grpc-listen", "127.0.0.1:0", "--sandbox-listen", "127.0.0.1:0"], tmp_path, log
-    )
+        ["serve", "--grpc-listen", "127.0.0.1:0", "--sandbox-listen", "127.0.0.1:0",
+         "--http-listen", "127.0.0.1:0"],
+        tmp_path,
+        log,
+    )  # fmt: skip
     try:
         port = int(_wait_for(r"payorch gRPC listening on 127\.0\.0\.1:(\d+)", log, process)[1])
         sandbox_url = _wait_for(
@@ -65,10 +68,20 @@ def test_serve_with_no_configuration_uses_sqlite_and_an_in_process_sandbox(
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = payments_pb2_grpc.PaymentOrchestratorStub(channel)
             payment = stub.CreatePayment(create_request("cli-1"))
-        assert payment.status == pb.PAYMENT_STATUS_AUTHORIZED
-        assert payment.provider == "sandbox"
-        ledger = httpx.get(f"{sandbox_url}/_sandbox/ledger").json()["entries"]
-        assert [e["kind"] for e in ledger] == ["authorization"]
+            assert payment.status == pb.PAYMENT_STATUS_AUTHORIZED
+            assert payment.provider == "sandbox"
+            ledger = httpx.get(f"{sandbox_url}/_sandbox/ledger").json()["entries"]
+            assert [e["kind"] for e in ledger] == ["authorization"]
+            # The full local loop: the sandbox's signed webhook comes back and is applied.
+            request = pb.ListPaymentEventsRequest(payment_id=payment.payment_id)
+            deadline = time.monotonic() + 10
+            while "ProviderEventReceived" not in [
+                e.type for e in stub.ListPaymentEvents(request).events
+            ]:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+        http_port = int(_wait_for(r"payorch HTTP listening on 127\.0\.0\.1:(\d+)", log, process)[1])
+        assert httpx.get(f"http://127.0.0.1:{http_port}/readyz").json() == {"status": "ready"}
     finally:
         code = _stop(process)
     text = log.read_text()
