@@ -72,7 +72,7 @@ class WebhookProcessor:
             for notification in page:
                 self.process(UUID(str(notification.originator_id)), notification.id)
                 done += 1
-            if len(page) < self.batch:
+            if len(page) < self.batch or self._stop.is_set():
                 return done
 
     def process(self, delivery_id: UUID, notification_id: int) -> str:
