@@ -26,6 +26,7 @@ class ServerProcess:
             PAYORCH_DATABASE_URL=database_url,
             PAYORCH_SANDBOX_URL=sandbox_url,
             PAYORCH_GRPC_LISTEN="127.0.0.1:0",
+            PAYORCH_HTTP_LISTEN="127.0.0.1:0",
         )
         if config is not None:
             env["PAYORCH_CONFIG"] = config
