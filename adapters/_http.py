@@ -14,7 +14,13 @@ from typing import Any, Final, Self
 
 import httpx
 
-from orchestrator.ports import ProviderNotReached, ProviderOutcomeUnknown
+from adapters._webhooks import no_secret
+from orchestrator.ports import (
+    ProviderNotReached,
+    ProviderOutcomeUnknown,
+    WebhookEvent,
+    WebhookVerifier,
+)
 
 JSONObject = dict[str, object]
 
@@ -94,9 +100,18 @@ class ProviderHttp:
 
 
 class HttpAdapter:
-    """The lifecycle every HTTP adapter shares: it owns a ``ProviderHttp`` as ``_http``."""
+    """What every HTTP adapter shares: it owns a ``ProviderHttp`` as ``_http``, and verifies
+    its provider's webhooks with ``_webhooks`` (``None``: no webhook secret configured)."""
 
     _http: ProviderHttp
+    _webhooks: WebhookVerifier | None = None
+
+    def verify_webhook(
+        self, headers: Mapping[str, str], body: bytes, *, now: float
+    ) -> list[WebhookEvent]:
+        if self._webhooks is None:
+            raise no_secret()
+        return self._webhooks.verify_webhook(headers, body, now=now)
 
     def close(self) -> None:
         """Close the HTTP client, unless the caller passed in their own."""

@@ -13,7 +13,6 @@ record of what was learnt (the other save conflicts and finds it already resolve
 from __future__ import annotations
 
 import logging
-import threading
 from uuid import UUID
 
 from eventsourcing.utils import get_topic
@@ -21,6 +20,7 @@ from eventsourcing.utils import get_topic
 from orchestrator.application import Payments
 from orchestrator.domain.errors import DomainError, PaymentNotFound
 from orchestrator.domain.payment import Payment
+from orchestrator.worker import BackgroundLoop
 
 log = logging.getLogger("payorch.recovery")
 
@@ -37,14 +37,14 @@ _TOPICS = [
 _PAGE = 500
 
 
-class RecoveryWorker:
+class RecoveryWorker(BackgroundLoop):
+    name = "recovery"
+
     def __init__(self, app: Payments, *, interval: float = 1.0) -> None:
+        super().__init__(interval=interval)
         self.app = app
-        self.interval = interval
         self.position = 0  # the last notification read
         self.candidates: set[UUID] = set()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def scan(self) -> None:
         """Reads what was recorded since the last scan."""
@@ -76,21 +76,3 @@ class RecoveryWorker:
             except DomainError as e:
                 log.warning("could not resolve payment %s: %s", payment_id, e.message)
         return asked
-
-    def start(self) -> RecoveryWorker:
-        self._thread = threading.Thread(target=self._run, name="recovery", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception:  # a bad pass must not end recovery: log it and go on
-                log.exception("recovery pass failed")
-            self._stop.wait(self.interval)

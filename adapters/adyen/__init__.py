@@ -32,7 +32,7 @@ from adapters._http import (
     json_object,
     retry_after_header,
 )
-from adapters._webhooks import no_secret, webhook_secrets
+from adapters._webhooks import webhook_secrets
 from adapters.adyen.transformers import (
     RECURRING_MODELS,
     AdyenError,
@@ -55,7 +55,6 @@ from orchestrator.ports import (
     ProviderOperation,
     ProviderOutcome,
     ProviderOutcomeUnknown,
-    WebhookEvent,
 )
 from orchestrator.secrets import Secret, secret_from
 
@@ -318,15 +317,6 @@ class AdyenAdapter(HttpAdapter):
         could "look up" is a re-send with the same key, and that would make the payment if it
         was never made. None means no webhook about it has arrived (yet)."""
         return outcome_from_notifications(operation, self.notifications.items())
-
-    # --- webhooks -------------------------------------------------------------------------------
-
-    def verify_webhook(
-        self, headers: Mapping[str, str], body: bytes, *, now: float
-    ) -> list[WebhookEvent]:
-        if self._webhooks is None:
-            raise no_secret()
-        return self._webhooks.verify_webhook(headers, body, now=now)
 
     # --- HTTP -----------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from urllib.parse import quote
 import httpx
 
 from adapters._http import HttpAdapter, JSONObject, MalformedAnswerError, ProviderHttp, json_object
-from adapters._webhooks import no_secret, webhook_secrets
+from adapters._webhooks import webhook_secrets
 from adapters.razorpay.transformers import (
     NOTE_REASON,
     NOTE_REFERENCE,
@@ -58,7 +58,6 @@ from orchestrator.ports import (
     ProviderOperation,
     ProviderOutcome,
     ProviderOutcomeUnknown,
-    WebhookEvent,
 )
 from orchestrator.secrets import Secret, secret_from
 
@@ -209,15 +208,6 @@ class RazorpayAdapter(HttpAdapter):
             ) from None
         except MalformedAnswerError as exc:
             raise ProviderOutcomeUnknown(f"razorpay lookup answer malformed: {exc}") from exc
-
-    # --- webhooks ---------------------------------------------------------------------------
-
-    def verify_webhook(
-        self, headers: Mapping[str, str], body: bytes, *, now: float
-    ) -> list[WebhookEvent]:
-        if self._webhooks is None:
-            raise no_secret()
-        return self._webhooks.verify_webhook(headers, body, now=now)
 
     # --- authorization ----------------------------------------------------------------------
 

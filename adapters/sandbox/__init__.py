@@ -27,7 +27,7 @@ from adapters._http import (
     optional_str,
     retry_after,
 )
-from adapters._webhooks import DEFAULT_TOLERANCE, no_secret, webhook_secrets
+from adapters._webhooks import DEFAULT_TOLERANCE, webhook_secrets
 from adapters.sandbox.server import SandboxServer, start_sandbox
 from adapters.sandbox.webhooks import SandboxWebhooks, new_webhook_secret, sign_standard_webhook
 from orchestrator.ports import (
@@ -37,7 +37,6 @@ from orchestrator.ports import (
     ProviderOperation,
     ProviderOutcome,
     ProviderOutcomeUnknown,
-    WebhookEvent,
 )
 from orchestrator.secrets import Secret
 
@@ -138,15 +137,6 @@ class SandboxAdapter(HttpAdapter):
             return _find(operation, payments)
         except MalformedAnswerError as exc:
             raise ProviderOutcomeUnknown(f"sandbox lookup answer malformed: {exc}") from exc
-
-    # --- webhooks ---------------------------------------------------------------------------
-
-    def verify_webhook(
-        self, headers: Mapping[str, str], body: bytes, *, now: float
-    ) -> list[WebhookEvent]:
-        if self._webhooks is None:
-            raise no_secret()
-        return self._webhooks.verify_webhook(headers, body, now=now)
 
     # --- HTTP -------------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from adapters._http import (
     get_str,
     json_object,
 )
-from adapters._webhooks import DEFAULT_TOLERANCE, no_secret, webhook_secrets
+from adapters._webhooks import DEFAULT_TOLERANCE, webhook_secrets
 from adapters.stripe.transformers import (
     DEFAULT_API_VERSION,
     DEFAULT_BASE_URL,
@@ -69,7 +69,6 @@ from orchestrator.ports import (
     ProviderOperation,
     ProviderOutcome,
     ProviderOutcomeUnknown,
-    WebhookEvent,
 )
 from orchestrator.secrets import Secret, secret_from
 
@@ -188,15 +187,6 @@ class StripeAdapter(HttpAdapter):
             return self._lookup(operation, deadline)
         except MalformedAnswerError as exc:
             raise ProviderOutcomeUnknown(f"stripe lookup answer malformed: {exc}") from exc
-
-    # --- webhooks ---------------------------------------------------------------------------
-
-    def verify_webhook(
-        self, headers: Mapping[str, str], body: bytes, *, now: float
-    ) -> list[WebhookEvent]:
-        if self._webhooks is None:
-            raise no_secret()
-        return self._webhooks.verify_webhook(headers, body, now=now)
 
     # --- lookup -----------------------------------------------------------------------------
 

@@ -10,7 +10,6 @@ domain only resolves operations still in doubt, and records each reversal and di
 from __future__ import annotations
 
 import logging
-import threading
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, ProcessingEvent
@@ -26,6 +25,7 @@ from orchestrator.domain.payment import IN_DOUBT, Kind, Operation, Payment
 from orchestrator.domain.reference import ProviderReference, reference_id
 from orchestrator.domain.webhook import WebhookDelivery
 from orchestrator.ports import WebhookKind
+from orchestrator.worker import BackgroundLoop
 
 log = logging.getLogger("payorch.webhooks")
 
@@ -51,13 +51,13 @@ _SUCCEEDED = {
 }
 
 
-class WebhookProcessor:
+class WebhookProcessor(BackgroundLoop):
+    name = "webhooks"
+
     def __init__(self, app: Payments, *, interval: float = 0.2, batch: int = 200) -> None:
+        super().__init__(interval=interval)
         self.app = app
-        self.interval = interval
         self.batch = batch
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def position(self) -> int:
         return self.app.recorder.max_tracking_id(TRACKING_NAME) or 0  # type: ignore[attr-defined]
@@ -72,7 +72,7 @@ class WebhookProcessor:
             for notification in page:
                 self.process(UUID(str(notification.originator_id)), notification.id)
                 done += 1
-            if len(page) < self.batch or self._stop.is_set():
+            if len(page) < self.batch or self.stopping:
                 return done
 
     def process(self, delivery_id: UUID, notification_id: int) -> str:
@@ -139,24 +139,6 @@ class WebhookProcessor:
                 return None
             return self.app.get_payment(entry.payment_id)
         return None
-
-    def start(self) -> WebhookProcessor:
-        self._thread = threading.Thread(target=self._run, name="webhooks", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception:  # one bad pass must not end processing: log it and go on
-                log.exception("webhook processing pass failed")
-            self._stop.wait(self.interval)
 
 
 def _effect(
