@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import time
@@ -100,3 +101,31 @@ def machine_busy_fraction(interval: float = 0.5) -> float:
     time.sleep(interval)
     busy1, total1, _ = _machine_ticks()
     return (busy1 - busy0) / max(1, total1 - total0)
+
+
+def add_machine_arguments(
+    parser: argparse.ArgumentParser, *, postgres_default: str | None = None
+) -> None:
+    """The options every benchmark shares: the quiet-machine gate, noise warnings, start-up
+    limits, keeping temporary files, and (where PostgreSQL is used) the admin database."""
+    if postgres_default is not None:
+        parser.add_argument(
+            "--postgres-url",
+            default=os.environ.get(
+                "PAYORCH_BENCH_POSTGRES_URL",
+                os.environ.get("PAYORCH_TEST_POSTGRES_URL", postgres_default),
+            ),
+            help="admin database for CREATE/DROP DATABASE (env PAYORCH_BENCH_POSTGRES_URL)",
+        )
+    parser.add_argument(
+        "--quiet-threshold",
+        type=float,
+        default=0.10,
+        help="before each window, wait until the machine is at most this busy (0-1)",
+    )
+    parser.add_argument("--quiet-wait", type=float, default=60.0, help="... for at most this")
+    parser.add_argument(
+        "--noise-cores", type=float, default=0.25, help="warn above this much foreign CPU"
+    )
+    parser.add_argument("--startup-timeout", type=float, default=60.0)
+    parser.add_argument("--keep-tmp", action="store_true", help="keep logs and stores")

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from benchlib import machine_busy_fraction
+from benchlib import add_machine_arguments, machine_busy_fraction
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -807,26 +807,7 @@ def parse_options(argv: list[str] | None) -> Options:
     parser.add_argument("--commit-threads", type=int, default=8, help="commit-rate threads")
     parser.add_argument("--server-workers", type=int, default=64, help="gRPC worker threads")
     parser.add_argument("--call-timeout", type=float, default=10.0, help="per-call deadline")
-    parser.add_argument(
-        "--postgres-url",
-        default=os.environ.get(
-            "PAYORCH_BENCH_POSTGRES_URL",
-            os.environ.get("PAYORCH_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL),
-        ),
-        help="a database to connect to for CREATE/DROP DATABASE (env PAYORCH_BENCH_POSTGRES_URL)",
-    )
-    parser.add_argument(
-        "--quiet-threshold",
-        type=float,
-        default=0.10,
-        help="before each window, wait until the machine is at most this busy (0-1)",
-    )
-    parser.add_argument("--quiet-wait", type=float, default=60.0, help="... for at most this")
-    parser.add_argument(
-        "--noise-cores", type=float, default=0.25, help="warn above this much foreign CPU"
-    )
-    parser.add_argument("--startup-timeout", type=float, default=60.0)
-    parser.add_argument("--keep-tmp", action="store_true", help="keep logs and stores")
+    add_machine_arguments(parser, postgres_default=DEFAULT_POSTGRES_URL)
     args = parser.parse_args(argv)
 
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import grpc
-from benchlib import cpu_cores, cpu_snapshot, nearest_rank
+from benchlib import add_machine_arguments, cpu_cores, cpu_snapshot, nearest_rank
 from create_payment import _PAYORCH_LISTENING as PAYORCH_LISTENING
 from create_payment import _SANDBOX_LISTENING as SANDBOX_LISTENING
 from create_payment import RESULTS as RESULTS_DIR
@@ -808,18 +808,7 @@ def parse_options(argv: list[str] | None) -> Options:
     parser.add_argument("--fail-fast-warmup", type=int, default=100, help="of each kind")
     parser.add_argument("--rejections", type=int, default=100_000, help="in-process calls")
     parser.add_argument("--batch", type=int, default=100, help="in-process calls per timing")
-    parser.add_argument(
-        "--quiet-threshold",
-        type=float,
-        default=0.10,
-        help="before each window, wait until the machine is at most this busy (0-1)",
-    )
-    parser.add_argument("--quiet-wait", type=float, default=60.0, help="... for at most this")
-    parser.add_argument(
-        "--noise-cores", type=float, default=0.25, help="warn above this much foreign CPU"
-    )
-    parser.add_argument("--startup-timeout", type=float, default=60.0)
-    parser.add_argument("--keep-tmp", action="store_true", help="keep logs and stores")
+    add_machine_arguments(parser)
     args = parser.parse_args(argv)
 
     warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)

@@ -53,7 +53,7 @@ from types import FrameType
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from benchlib import CpuSnapshot, cpu_cores, cpu_snapshot, nearest_rank
+from benchlib import CpuSnapshot, add_machine_arguments, cpu_cores, cpu_snapshot, nearest_rank
 from create_payment import _PAYORCH_LISTENING as PAYORCH_LISTENING
 from create_payment import _SANDBOX_LISTENING as SANDBOX_LISTENING
 from create_payment import (
@@ -1220,26 +1220,7 @@ def parse_options(argv: list[str] | None) -> Options:
     parser.add_argument(
         "--drain-timeout", type=float, default=300.0, help="limit for posting and applying"
     )
-    parser.add_argument(
-        "--postgres-url",
-        default=os.environ.get(
-            "PAYORCH_BENCH_POSTGRES_URL",
-            os.environ.get("PAYORCH_TEST_POSTGRES_URL", POSTGRES_URL),
-        ),
-        help="a database to connect to for CREATE/DROP DATABASE (env PAYORCH_BENCH_POSTGRES_URL)",
-    )
-    parser.add_argument(
-        "--quiet-threshold",
-        type=float,
-        default=0.10,
-        help="before each window, wait until the machine is at most this busy (0-1)",
-    )
-    parser.add_argument("--quiet-wait", type=float, default=60.0, help="... for at most this")
-    parser.add_argument(
-        "--noise-cores", type=float, default=0.25, help="warn above this much foreign CPU"
-    )
-    parser.add_argument("--startup-timeout", type=float, default=60.0)
-    parser.add_argument("--keep-tmp", action="store_true", help="keep logs and stores")
+    add_machine_arguments(parser, postgres_default=POSTGRES_URL)
     args = parser.parse_args(argv)
 
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
