@@ -22,6 +22,7 @@ from uuid import UUID, uuid4
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import IntegrityError, ProcessRecorder
+from eventsourcing.utils import get_topic
 
 from orchestrator.commands import (
     CancelPayment,
@@ -68,6 +69,13 @@ _POLL_START, _POLL_MAX = 0.005, 0.1
 DEFAULT_RECOVERY_SCHEDULE = (60.0, 300.0, 900.0, 3600.0, 3 * 3600.0, 12 * 3600.0, 24 * 3600.0)
 
 
+PAYMENT_EVENT_TOPICS = [
+    get_topic(member)
+    for member in vars(Payment).values()
+    if isinstance(member, type) and issubclass(member, Payment.Event)
+]
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -112,6 +120,16 @@ class Payments(Application[UUID]):
         if not isinstance(payment, Payment):  # an id of another kind of aggregate
             raise PaymentNotFound(str(payment_id))
         return payment
+
+    def events_after(
+        self, position: int, *, limit: int = 500
+    ) -> list[tuple[int, DomainEventProtocol[UUID]]]:
+        """Payment events of every payment stored after ``position``, in commit order, with
+        their positions (which may have gaps): what downstream consumers follow."""
+        page = self.recorder.select_notifications(
+            start=position, limit=limit, topics=PAYMENT_EVENT_TOPICS, inclusive_of_start=False
+        )
+        return [(n.id, self.mapper.to_domain_event(n)) for n in page]
 
     def payment_events(self, payment_id: str) -> Iterator[DomainEventProtocol[UUID]]:
         payment = self.get_payment(payment_id)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
@@ -20,7 +20,7 @@ from orchestrator.api.errors import to_status
 from orchestrator.application import Payments
 from orchestrator.commands import CancelPayment, CapturePayment, CreatePayment, RefundPayment
 from orchestrator.domain.command import DEFAULT_SCOPE
-from orchestrator.domain.errors import DomainError
+from orchestrator.domain.errors import DomainError, InvalidArgument
 from orchestrator.domain.payment import CaptureMode as DomainCaptureMode
 from orchestrator.domain.payment import Kind, Operation, OpStatus, Payment, Status
 
@@ -62,6 +62,8 @@ _MODES_OUT = {
     DomainCaptureMode.AUTOMATIC: pb.CAPTURE_MODE_AUTOMATIC,
     DomainCaptureMode.MANUAL: pb.CAPTURE_MODE_MANUAL,
 }
+_STREAM_PAGE = 500
+_FOLLOW_POLL = 0.1  # seconds between looks for new events while following
 _EVENT_ENVELOPE = {"originator_id", "originator_version", "timestamp", "originator_topic"}
 
 
@@ -125,6 +127,28 @@ class PaymentOrchestratorServicer(payments_pb2_grpc.PaymentOrchestratorServicer)
             return pb.ListPaymentEventsResponse(events=[event_to_proto(e) for e in stored])
 
         return _answer(context, events)
+
+    def StreamEvents(  # noqa: N802
+        self, request: pb.StreamEventsRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.StreamedEvent]:
+        if request.after_position < 0:
+            error = InvalidArgument(
+                "after_position", "after_position cannot be negative", reason="INVALID_POSITION"
+            )
+            context.abort_with_status(to_status(error))
+        position = request.after_position
+        while context.is_active():
+            batch = self.app.events_after(position, limit=_STREAM_PAGE)
+            for position, event in batch:
+                yield pb.StreamedEvent(
+                    position=position,
+                    payment_id=str(event.originator_id),
+                    event=event_to_proto(event),
+                )
+            if len(batch) < _STREAM_PAGE:
+                if not request.follow:
+                    return
+                time.sleep(_FOLLOW_POLL)
 
 
 def _scope(context: grpc.ServicerContext) -> str:

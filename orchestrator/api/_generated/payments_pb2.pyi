@@ -237,3 +237,21 @@ class ListPaymentEventsResponse(_message.Message):
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[PaymentEvent]
     def __init__(self, events: _Optional[_Iterable[_Union[PaymentEvent, _Mapping]]] = ...) -> None: ...
+
+class StreamEventsRequest(_message.Message):
+    __slots__ = ("after_position", "follow")
+    AFTER_POSITION_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    after_position: int
+    follow: bool
+    def __init__(self, after_position: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+
+class StreamedEvent(_message.Message):
+    __slots__ = ("position", "payment_id", "event")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    payment_id: str
+    event: PaymentEvent
+    def __init__(self, position: _Optional[int] = ..., payment_id: _Optional[str] = ..., event: _Optional[_Union[PaymentEvent, _Mapping]] = ...) -> None: ...

@@ -64,6 +64,11 @@ class PaymentOrchestratorStub:
                 request_serializer=payments_dot_v1_dot_payments__pb2.ListPaymentEventsRequest.SerializeToString,
                 response_deserializer=payments_dot_v1_dot_payments__pb2.ListPaymentEventsResponse.FromString,
                 _registered_method=True)
+        self.StreamEvents = channel.unary_stream(
+                '/payments.v1.PaymentOrchestrator/StreamEvents',
+                request_serializer=payments_dot_v1_dot_payments__pb2.StreamEventsRequest.SerializeToString,
+                response_deserializer=payments_dot_v1_dot_payments__pb2.StreamedEvent.FromString,
+                _registered_method=True)
 
 
 class PaymentOrchestratorServicer:
@@ -111,6 +116,14 @@ class PaymentOrchestratorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamEvents(self, request, context):
+        """Every payment event of every payment in commit order, from a position on; with `follow`,
+        keeps streaming new events until the caller cancels. Resume from the last position seen.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PaymentOrchestratorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +156,11 @@ def add_PaymentOrchestratorServicer_to_server(servicer, server):
                     servicer.ListPaymentEvents,
                     request_deserializer=payments_dot_v1_dot_payments__pb2.ListPaymentEventsRequest.FromString,
                     response_serializer=payments_dot_v1_dot_payments__pb2.ListPaymentEventsResponse.SerializeToString,
+            ),
+            'StreamEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamEvents,
+                    request_deserializer=payments_dot_v1_dot_payments__pb2.StreamEventsRequest.FromString,
+                    response_serializer=payments_dot_v1_dot_payments__pb2.StreamedEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -307,6 +325,33 @@ class PaymentOrchestrator:
             '/payments.v1.PaymentOrchestrator/ListPaymentEvents',
             payments_dot_v1_dot_payments__pb2.ListPaymentEventsRequest.SerializeToString,
             payments_dot_v1_dot_payments__pb2.ListPaymentEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/payments.v1.PaymentOrchestrator/StreamEvents',
+            payments_dot_v1_dot_payments__pb2.StreamEventsRequest.SerializeToString,
+            payments_dot_v1_dot_payments__pb2.StreamedEvent.FromString,
             options,
             channel_credentials,
             insecure,
