@@ -1,4 +1,4 @@
-"""``payorch serve`` and ``payorch sandbox``."""
+"""``payorch serve``, ``payorch sandbox`` and ``payorch audit``."""
 
 from __future__ import annotations
 
@@ -8,15 +8,22 @@ import os
 import signal
 import sys
 import threading
+from datetime import datetime
+from pathlib import Path
 from types import FrameType
 
 from adapters.sandbox import new_webhook_secret, start_sandbox
 from adapters.sandbox.server import run_sandbox
 from orchestrator.api.server import PaymentServer, create_server
 from orchestrator.application import Payments
+from orchestrator.audit.export import FORMATS, TimeWindow, export, parse_instant
+from orchestrator.audit.show import timeline
 from orchestrator.bootstrap import Settings, build_payments, load_configuration, webhook_verifiers
+from orchestrator.domain.errors import InvalidArgument, PaymentNotFound
 from orchestrator.recovery import RecoveryWorker
+from orchestrator.routing import Router
 from orchestrator.secrets import Secret, secret_from
+from orchestrator.store import parse_database_url
 from orchestrator.webhooks.http import HttpServer
 from orchestrator.webhooks.intake import WebhookIntake
 from orchestrator.webhooks.processor import WebhookProcessor
@@ -50,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         help="send signed webhooks there (secret: env PAYORCH_SANDBOX_WEBHOOK_SECRET or _FILE)",
     )
 
+    _add_audit_commands(commands)
+
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -58,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     # httpx logs every request at INFO: our adapters log calls themselves, without URLs.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.command == "audit":
+        return run_audit(args)
     if args.command == "sandbox":
         secret = _external_sandbox_webhook_secret() if args.webhook_url else None
         if args.webhook_url and secret is None:
@@ -80,6 +91,77 @@ def main(argv: list[str] | None = None) -> int:
         webhook_max_body=args.webhook_max_body,
     )
     return serve_forever(settings)
+
+
+def _add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    audit = commands.add_parser("audit", help="read the payment event log (read-only)")
+    actions = audit.add_subparsers(dest="audit_command", required=True)
+    export = actions.add_parser("export", help="every payment event, in commit order, to a file")
+    export.add_argument("--database-url", help="env PAYORCH_DATABASE_URL (sqlite:///payorch.db)")
+    export.add_argument("--since", type=_instant, help="ISO 8601, inclusive (UTC if no offset)")
+    export.add_argument("--until", type=_instant, help="ISO 8601, exclusive (UTC if no offset)")
+    export.add_argument("--format", required=True, choices=FORMATS)
+    export.add_argument("--out", required=True, type=Path, help="written atomically")
+    export.add_argument("--quiet", action="store_true", help="no progress counter")
+    show = actions.add_parser("show", help="one payment's events and its current state")
+    show.add_argument("payment_id")
+    show.add_argument("--database-url", help="env PAYORCH_DATABASE_URL (sqlite:///payorch.db)")
+
+
+def _instant(text: str) -> datetime:
+    try:
+        return parse_instant(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    database_url = Settings.from_env(database_url=args.database_url).database_url
+    try:
+        app = _read_only_payments(database_url)
+    except (OSError, ValueError) as e:
+        print(f"payorch audit: cannot open the event store: {e}", file=sys.stderr)
+        return 2
+    try:
+        if args.audit_command == "export":
+            return _export(app, args)
+        return _show(app, args.payment_id)
+    finally:
+        app.close()
+
+
+def _read_only_payments(database_url: str) -> Payments:
+    """The application without providers: audit commands read, they never call anyone."""
+    store = parse_database_url(database_url)
+    path = store.env.get("SQLITE_DBNAME", ":memory:")
+    # Opening a missing SQLite file would create an empty store and report nothing.
+    if store.kind == "sqlite" and path != ":memory:" and not Path(path).exists():
+        raise FileNotFoundError(f"no SQLite event store at {path}")
+    return build_payments(database_url, Router({}, {}))
+
+
+def _export(app: Payments, args: argparse.Namespace) -> int:
+    window = TimeWindow(args.since, args.until)
+    if window.since is not None and window.until is not None and window.since >= window.until:
+        print("payorch audit export: --since must be before --until", file=sys.stderr)
+        return 2
+    progress = None if args.quiet or not sys.stderr.isatty() else sys.stderr
+    summary = export(app, args.out, fmt=args.format, window=window, progress=progress)
+    print(
+        f"wrote {summary.events:,} events to {args.out} in {summary.seconds:.1f} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _show(app: Payments, payment_id: str) -> int:
+    try:
+        lines = timeline(app, payment_id)
+    except (PaymentNotFound, InvalidArgument):
+        print(f"payorch audit show: no payment {payment_id!r}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
 
 
 def serve_forever(settings: Settings) -> int:

@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, TypeVar
-from uuid import UUID
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -18,6 +16,7 @@ from orchestrator.api._generated import payments_pb2 as pb
 from orchestrator.api._generated import payments_pb2_grpc
 from orchestrator.api.errors import to_status
 from orchestrator.application import Payments
+from orchestrator.audit.records import event_data
 from orchestrator.commands import CancelPayment, CapturePayment, CreatePayment, RefundPayment
 from orchestrator.domain.command import DEFAULT_SCOPE
 from orchestrator.domain.errors import DomainError, InvalidArgument
@@ -64,7 +63,6 @@ _MODES_OUT = {
 }
 _STREAM_PAGE = 500
 _FOLLOW_POLL = 0.1  # seconds between looks for new events while following
-_EVENT_ENVELOPE = {"originator_id", "originator_version", "timestamp", "originator_topic"}
 
 
 class PaymentOrchestratorServicer(payments_pb2_grpc.PaymentOrchestratorServicer):
@@ -219,17 +217,10 @@ def to_proto(payment: Payment) -> pb.Payment:
     )
 
 
-def _json_default(value: Any) -> str:
-    if isinstance(value, UUID | datetime):
-        return value.isoformat() if isinstance(value, datetime) else str(value)
-    raise TypeError(f"cannot encode {type(value).__name__}")
-
-
 def event_to_proto(event: Any) -> pb.PaymentEvent:
-    data = {k: v for k, v in vars(event).items() if k not in _EVENT_ENVELOPE}
     return pb.PaymentEvent(
         version=event.originator_version,
         type=type(event).__name__,
         time=_timestamp(event.timestamp),
-        data=json.dumps(data, default=_json_default, sort_keys=True),
+        data=event_data(event),
     )
