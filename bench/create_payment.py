@@ -793,6 +793,61 @@ def git_state() -> dict[str, str]:
     return {"commit": git("rev-parse", "HEAD"), "dirty": str(bool(git("status", "--porcelain")))}
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, through every ``finally``: children, databases, files."""
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def measurable_backends(
+    wanted: tuple[str, ...] | list[str], postgres_url: str
+) -> tuple[list[str], dict[str, str]]:
+    """The backends that can be measured here, and why the others are skipped."""
+    backends = list(wanted)
+    skipped: dict[str, str] = {}
+    if "postgres" in backends and (problem := postgres_problem(postgres_url)):
+        skipped["postgres"] = problem
+        backends.remove("postgres")
+        print(f"postgres: skipped ({problem})", file=sys.stderr)
+    return backends, skipped
+
+
+def print_verdicts(skipped: dict[str, str], noisy: list[str], failed: list[str]) -> None:
+    for backend, why in skipped.items():
+        print(f"{backend}: skipped ({why})")
+    for warning in noisy:
+        print(f"noise: {warning}")
+    for failure in failed:
+        print(f"CHECK FAILED: {failure}")
+
+
+def write_results(
+    name: str, started: datetime, command: str, options: Any, body: dict[str, Any]
+) -> Path:
+    """The raw numbers with the command, the options and the machine, as JSON."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{name}{started:%Y%m%dT%H%M%SZ}.json"
+    document = {
+        "command": command,
+        "started_at": started.isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(),
+        "options": options,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu_model": cpu_model(),
+            "versions": versions(),
+            "git": git_state(),
+        },
+        **body,
+    }
+    out.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    print(f"raw numbers: {out.relative_to(ROOT)}")
+    return out
+
+
 def parse_options(argv: list[str] | None) -> Options:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n", 1)[0],
@@ -841,17 +896,8 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join([sys.executable, *sys.argv])
     started = datetime.now(UTC)
 
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)  # unwinds through every finally: children, databases
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-
-    backends = list(opts.backends)
-    skipped: dict[str, str] = {}
-    if "postgres" in backends and (problem := postgres_problem(opts.postgres_url)):
-        skipped["postgres"] = problem
-        backends.remove("postgres")
-        print(f"postgres: skipped ({problem})", file=sys.stderr)
+    exit_on_sigterm()
+    backends, skipped = measurable_backends(opts.backends, opts.postgres_url)
     if not backends:
         print("no backend left to measure", file=sys.stderr)
         return 2
@@ -899,34 +945,11 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"write txns per create for {backend}: {summary[backend]['writes_per_create_source']}"
         )
-    for backend, why in skipped.items():
-        print(f"{backend}: skipped ({why})")
-    for warning in noisy:
-        print(f"noise: {warning}")
-    for failure in failed:
-        print(f"CHECK FAILED: {failure}")
-
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{started:%Y%m%dT%H%M%SZ}.json"
-    document = {
-        "command": command,
-        "started_at": started.isoformat(),
-        "finished_at": datetime.now(UTC).isoformat(),
-        "options": opts.__dict__,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "cpu_model": cpu_model(),
-            "versions": versions(),
-            "git": git_state(),
-        },
-        "skipped": skipped,
-        "summary": summary,
-        "checks_failed": failed,
-        "noise_warnings": noisy,
-        "runs": runs,
-    }
-    out.write_text(json.dumps(document, indent=2, default=str) + "\n")
-    print(f"raw numbers: {out.relative_to(ROOT)}")
+    print_verdicts(skipped, noisy, failed)
+    body = {"skipped": skipped, "summary": summary, "checks_failed": failed}
+    write_results(
+        "", started, command, opts.__dict__, {**body, "noise_warnings": noisy, "runs": runs}
+    )
     return 1 if failed else 0
 
 

@@ -33,7 +33,6 @@ import logging
 import os
 import shlex
 import shutil
-import signal
 import socket
 import statistics
 import sys
@@ -51,22 +50,20 @@ import grpc
 from benchlib import add_machine_arguments, cpu_cores, cpu_snapshot, nearest_rank
 from create_payment import _PAYORCH_LISTENING as PAYORCH_LISTENING
 from create_payment import _SANDBOX_LISTENING as SANDBOX_LISTENING
-from create_payment import RESULTS as RESULTS_DIR
 from create_payment import (
-    ROOT,
     BenchError,
     Child,
     check_sandbox_url,
     child,
-    cpu_model,
-    git_state,
+    exit_on_sigterm,
     ledger_counts,
     load,
+    print_verdicts,
     render,
     stored_events,
-    versions,
     wait_serving,
     wait_until_quiet,
+    write_results,
 )
 from create_payment import Options as LoadOptions
 from create_payment import _lat as lat
@@ -849,10 +846,7 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join([sys.executable, *sys.argv])
     started = datetime.now(UTC)
 
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)  # unwinds through every finally: children, temp files
-
-    signal.signal(signal.SIGTERM, on_sigterm)
+    exit_on_sigterm()
 
     tmp = Path(tempfile.mkdtemp(prefix="payorch-bench-resilience-"))
     runs: list[dict[str, Any]] = []
@@ -901,37 +895,16 @@ def main(argv: list[str] | None = None) -> int:
     print(render(table(summary, opts)))
     print()
     print("\n".join(cpu_lines(summary)))
-    for warning in noisy:
-        print(f"noise: {warning}")
-    for failure in failed:
-        print(f"CHECK FAILED: {failure}")
+    print_verdicts({}, noisy, failed)
 
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    out = RESULTS_DIR / f"resilience-{started:%Y%m%dT%H%M%SZ}.json"
     options = asdict(opts)
     options["load"] = {
         k: v
         for k, v in options["load"].items()
         if k not in {"backends", "commit_threads", "postgres_url"}
     }
-    document = {
-        "command": command,
-        "started_at": started.isoformat(),
-        "finished_at": datetime.now(UTC).isoformat(),
-        "options": options,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "cpu_model": cpu_model(),
-            "versions": versions(),
-            "git": git_state(),
-        },
-        "summary": summary,
-        "checks_failed": failed,
-        "noise_warnings": noisy,
-        "runs": runs,
-    }
-    out.write_text(json.dumps(document, indent=2, default=str) + "\n")
-    print(f"raw numbers: {out.relative_to(ROOT)}")
+    body = {"summary": summary, "checks_failed": failed, "noise_warnings": noisy}
+    write_results("resilience-", started, command, options, {**body, "runs": runs})
     return 1 if failed else 0
 
 

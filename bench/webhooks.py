@@ -58,24 +58,22 @@ from create_payment import _PAYORCH_LISTENING as PAYORCH_LISTENING
 from create_payment import _SANDBOX_LISTENING as SANDBOX_LISTENING
 from create_payment import (
     BENCH,
-    ROOT,
     BenchError,
     Child,
     check_sandbox_url,
     child,
-    cpu_model,
+    exit_on_sigterm,
     fresh_postgres_database,
-    git_state,
     ledger_counts,
-    postgres_problem,
+    measurable_backends,
+    print_verdicts,
     render,
     run_json,
-    versions,
     wait_serving,
     wait_until_quiet,
+    write_results,
 )
 from create_payment import DEFAULT_POSTGRES_URL as POSTGRES_URL
-from create_payment import RESULTS as RESULTS_DIR
 from create_payment import Options as LoadOptions
 from create_payment import _lat as lat
 from create_payment import _n as num
@@ -1263,17 +1261,8 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join([sys.executable, *sys.argv])
     started = datetime.now(UTC)
 
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)  # unwinds through every finally: children, databases
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-
-    backends = list(lo.backends)
-    skipped: dict[str, str] = {}
-    if "postgres" in backends and (problem := postgres_problem(lo.postgres_url)):
-        skipped["postgres"] = problem
-        backends.remove("postgres")
-        print(f"postgres: skipped ({problem})", file=sys.stderr)
+    exit_on_sigterm()
+    backends, skipped = measurable_backends(lo.backends, lo.postgres_url)
     if not backends:
         print("no backend left to measure", file=sys.stderr)
         return 2
@@ -1319,40 +1308,18 @@ def main(argv: list[str] | None = None) -> int:
     for backend in backends:
         by_log = summary[backend]["drain_per_s_by_log"]
         print(f"{backend}: drain rate by payorch's log timestamps {num(by_log)}/s")
-    for backend, why in skipped.items():
-        print(f"{backend}: skipped ({why})")
-    for warning in noisy:
-        print(f"noise: {warning}")
-    for failure in failed:
-        print(f"CHECK FAILED: {failure}")
+    print_verdicts(skipped, noisy, failed)
 
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    out = RESULTS_DIR / f"webhooks-{started:%Y%m%dT%H%M%SZ}.json"
     options = asdict(opts)
     options["load"] = {
         k: v
         for k, v in options["load"].items()
         if k not in {"commit_threads", "server_workers", "runs"}
     }
-    document = {
-        "command": command,
-        "started_at": started.isoformat(),
-        "finished_at": datetime.now(UTC).isoformat(),
-        "options": options,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "cpu_model": cpu_model(),
-            "versions": versions(),
-            "git": git_state(),
-        },
-        "skipped": skipped,
-        "summary": summary,
-        "checks_failed": failed,
-        "noise_warnings": noisy,
-        "run": run,
-    }
-    out.write_text(json.dumps(document, indent=2, default=str) + "\n")
-    print(f"raw numbers: {out.relative_to(ROOT)}")
+    body = {"skipped": skipped, "summary": summary, "checks_failed": failed}
+    write_results(
+        "webhooks-", started, command, options, {**body, "noise_warnings": noisy, "run": run}
+    )
     return 1 if failed else 0
 
 
