@@ -64,6 +64,9 @@ LEASE_GRACE = timedelta(seconds=1)
 # Optimistic-concurrency retries when another command moved the payment between read and save.
 MAX_CONFLICTS = 8
 _POLL_START, _POLL_MAX = 0.005, 0.1
+# A waiting duplicate answers this long before its caller's deadline, so that a slow store
+# read or a busy machine still lets the retryable error reach the caller in time.
+_ANSWER_MARGIN = 0.15
 # Seconds between lookups of an operation in doubt, like Kill Bill's janitor: minutes, then
 # hours. After the last step the payment is flagged for manual review.
 DEFAULT_RECOVERY_SCHEDULE = (60.0, 300.0, 900.0, 3600.0, 3 * 3600.0, 12 * 3600.0, 24 * 3600.0)
@@ -500,7 +503,7 @@ class Payments(Application[UUID]):
                 # Its owner is gone (crashed mid-call): answer with the payment as recorded,
                 # its operation still in doubt. Never call the provider again from here.
                 return self.get_payment(record.payment_id)
-            if answer_by is not None and time.monotonic() + poll >= answer_by:
+            if answer_by is not None and time.monotonic() + poll + _ANSWER_MARGIN >= answer_by:
                 retry_after = (record.lease_until - self.clock()).total_seconds()
                 raise RequestInProgress(cmd.idempotency_key, retry_after=max(retry_after, 0.1))
             self.sleep(poll)
