@@ -43,7 +43,15 @@ from orchestrator.domain.errors import (
     PaymentNotFound,
     RequestInProgress,
 )
-from orchestrator.domain.payment import IN_DOUBT, Cause, Kind, Operation, Payment
+from orchestrator.domain.payment import (
+    IN_DOUBT,
+    Cause,
+    Kind,
+    Operation,
+    Origin,
+    Payment,
+    RecoveryCause,
+)
 from orchestrator.domain.reference import ProviderReference, reference_id
 from orchestrator.ports import (
     OperationKind,
@@ -172,6 +180,7 @@ class Payments(Application[UUID]):
             metadata=cmd.metadata,
             scope=scope,
             idempotency_key=cmd.idempotency_key,
+            caused_by=cause.as_data(),
         )
         op = payment.start_authorization(
             provider=route.provider.name, deadline=self._deadline(route), cause=cause
@@ -321,7 +330,11 @@ class Payments(Application[UUID]):
             payment.id, op.provider, route.provider.name, why,
         )  # fmt: skip
         moved = payment.fail_over(
-            op.sequence, provider=route.provider.name, deadline=self._deadline(route), message=why
+            op.sequence,
+            provider=route.provider.name,
+            deadline=self._deadline(route),
+            message=why,
+            caused_by=Cause(op.scope, op.idempotency_key),
         )
         record.extend_lease(moved.deadline + LEASE_GRACE)
         try:
@@ -372,7 +385,9 @@ class Payments(Application[UUID]):
         for _ in range(MAX_CONFLICTS):
             learned: list[ProviderReference] = []
             if payment.operation(op.sequence).status in IN_DOUBT:
-                learned = apply_outcome(payment, op, outcome, message)
+                # Answered to the call of the command that started the operation.
+                by = Cause(op.scope, op.idempotency_key)
+                learned = apply_outcome(payment, op, outcome, message, caused_by=by)
             record.complete(
                 payment_version=payment.version,
                 in_doubt=payment.operation_in_doubt is not None,
@@ -437,17 +452,21 @@ class Payments(Application[UUID]):
                 return payment  # another replica recorded it first
             changed: list[Any] = [payment]
             if found is not None:
-                changed.extend(apply_outcome(payment, op, found, ""))
+                changed.extend(apply_outcome(payment, op, found, "", caused_by=RecoveryCause()))
                 record = self.find_command(command_id(op.scope, op.idempotency_key))
                 if record is not None and not record.completed:
                     record.complete(payment_version=payment.version, in_doubt=False)
                     changed.append(record)
                 self.recovery_stats.add("resolved")
             else:
-                payment.record_still_unknown(sequence, checked_at=self.clock(), message=message)
+                payment.record_still_unknown(
+                    sequence, checked_at=self.clock(), message=message, caused_by=RecoveryCause()
+                )
                 if payment.operation(sequence).lookups > len(self.recovery_schedule):
                     payment.require_review(
-                        sequence, message=f"unresolved after {op.lookups + 1} lookups: {message}"
+                        sequence,
+                        message=f"unresolved after {op.lookups + 1} lookups: {message}",
+                        caused_by=RecoveryCause(),
                     )
                     self.recovery_stats.add("review_required")
             try:
@@ -519,24 +538,36 @@ class Payments(Application[UUID]):
 
 
 def apply_outcome(
-    payment: Payment, op: Operation, outcome: ProviderOutcome | None, message: str
+    payment: Payment,
+    op: Operation,
+    outcome: ProviderOutcome | None,
+    message: str,
+    *,
+    caused_by: Origin,
 ) -> list[ProviderReference]:
     """Records what the provider said (``None``: that nobody knows). Returns the index entry
     of the provider's payment id when this outcome taught it, to be saved with the payment."""
     authorized_before = payment.authorized
     if outcome is None:
-        payment.record_unknown(op.sequence, message=message)
+        payment.record_unknown(op.sequence, message=message, caused_by=caused_by)
     elif outcome.status is OutcomeStatus.SUCCEEDED:
         amount = outcome.captured_amount if op.kind is Kind.AUTHORIZE else op.amount
         payment.record_success(
-            op.sequence, provider_reference=outcome.provider_reference, amount=amount
+            op.sequence,
+            provider_reference=outcome.provider_reference,
+            amount=amount,
+            caused_by=caused_by,
         )
     elif outcome.status is OutcomeStatus.DECLINED:
         payment.record_decline(
-            op.sequence, decline_code=outcome.decline_code or "declined", message=outcome.message
+            op.sequence,
+            decline_code=outcome.decline_code or "declined",
+            message=outcome.message,
+            caused_by=caused_by,
         )
     else:
-        payment.record_failure(op.sequence, message=outcome.message or "failed at the provider")
+        why = outcome.message or "failed at the provider"
+        payment.record_failure(op.sequence, message=why, caused_by=caused_by)
     return learned_reference(payment, authorized_before)
 
 

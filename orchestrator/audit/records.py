@@ -11,6 +11,8 @@ from uuid import UUID
 
 from eventsourcing.domain import DomainEventProtocol
 
+from orchestrator.domain.command import DEFAULT_SCOPE
+
 # Said by the record's own columns (payment id, version, time, type), so not repeated in data.
 ENVELOPE = frozenset({"originator_id", "originator_version", "timestamp", "originator_topic"})
 FIELDS = ("position", "payment_id", "version", "type", "time", "data")
@@ -37,6 +39,20 @@ def event_timestamp(event: DomainEventProtocol[UUID]) -> datetime:
 def event_time(event: DomainEventProtocol[UUID]) -> str:
     """ISO 8601 in UTC, whatever zone the store was configured to stamp events in."""
     return event_timestamp(event).astimezone(UTC).isoformat()
+
+
+def describe_cause(caused_by: Any) -> str:
+    """An event's cause in one word for a terminal: ``cmd:<key>`` (``cmd:<scope>/<key>``
+    outside the default scope), ``webhook:<provider>/<event id>`` or ``recovery``."""
+    if not isinstance(caused_by, dict):
+        return "-"  # an event recorded before events named their cause
+    kind = caused_by.get("kind")
+    if kind == "command":
+        scope, key = caused_by.get("scope"), caused_by.get("idempotency_key")
+        return f"cmd:{key}" if scope == DEFAULT_SCOPE else f"cmd:{scope}/{key}"
+    if kind == "provider_event":
+        return f"webhook:{caused_by.get('provider')}/{caused_by.get('event_id')}"
+    return str(kind)
 
 
 def _json_default(value: Any) -> str:

@@ -10,11 +10,11 @@ from uuid import UUID
 from eventsourcing.domain import DomainEventProtocol
 
 from orchestrator.application import Payments
-from orchestrator.audit.records import event_fields, event_timestamp
+from orchestrator.audit.records import describe_cause, event_fields, event_timestamp
 from orchestrator.domain.payment import Payment
 
 MAX_WIDTH = 120
-HEADERS = ("VERSION", "TIME (UTC)", "TYPE", "SUMMARY")
+HEADERS = ("VERSION", "TIME (UTC)", "TYPE", "CAUSED BY", "SUMMARY")
 # The fields worth a glance, in the order a reader wants them. The long, rarely read provider
 # key comes last, so that it is what truncation cuts first.
 SUMMARY_FIELDS = (
@@ -50,14 +50,15 @@ def timeline(app: Payments, payment_id: str) -> list[str]:
     return [_title(payment), "", *table(rows), "", status_line(payment)]
 
 
-def table(rows: Sequence[tuple[str, str, str, str]]) -> list[str]:
+def table(rows: Sequence[tuple[str, ...]]) -> list[str]:
     """Aligned columns; the summary, last, is cut to keep each line within MAX_WIDTH."""
-    widths = [max(len(row[i]) for row in [HEADERS, *rows]) for i in range(3)]
+    aligned = len(HEADERS) - 1
+    widths = [max(len(row[i]) for row in [HEADERS, *rows]) for i in range(aligned)]
     rule = tuple("-" * len(h) for h in HEADERS)
     lines = []
     for row in [HEADERS, rule, *rows]:
-        cells = [cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)]
-        lines.append(_fit("  ".join([*cells, row[3]]).rstrip()))
+        cells = [cell.ljust(width) for cell, width in zip(row[:aligned], widths, strict=True)]
+        lines.append(_fit("  ".join([*cells, row[aligned]]).rstrip()))
     return lines
 
 
@@ -85,13 +86,15 @@ def summary(fields: Mapping[str, Any], currency: str) -> str:
     return ", ".join(parts)
 
 
-def _row(event: DomainEventProtocol[UUID], currency: str) -> tuple[str, str, str, str]:
+def _row(event: DomainEventProtocol[UUID], currency: str) -> tuple[str, ...]:
     moment = event_timestamp(event).astimezone(UTC)
+    fields = event_fields(event)
     return (
         str(event.originator_version),
         moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],  # milliseconds are enough to read
         type(event).__name__,
-        summary(event_fields(event), currency),
+        describe_cause(fields.get("caused_by")),
+        summary(fields, currency),
     )
 
 

@@ -71,6 +71,33 @@ class Cause:
     scope: str
     idempotency_key: str
 
+    def as_data(self) -> dict[str, str]:
+        return {"kind": "command", "scope": self.scope, "idempotency_key": self.idempotency_key}
+
+
+@dataclass(frozen=True)
+class ProviderEventCause:
+    """A provider's webhook event (its provider and its own id) that told us something."""
+
+    provider: str
+    event_id: str
+
+    def as_data(self) -> dict[str, str]:
+        return {"kind": "provider_event", "provider": self.provider, "event_id": self.event_id}
+
+
+@dataclass(frozen=True)
+class RecoveryCause:
+    """The recovery worker asking the provider about an operation whose outcome was unknown."""
+
+    def as_data(self) -> dict[str, str]:
+        return {"kind": "recovery"}
+
+
+# Why an event happened. Every payment event records it as ``caused_by`` (a JSON object whose
+# ``kind`` is command, provider_event or recovery), so finance can tell who asked for a change.
+Origin = Cause | ProviderEventCause | RecoveryCause
+
 
 @dataclass(frozen=True)
 class Operation:
@@ -117,6 +144,7 @@ class Payment(Aggregate):
         metadata: dict[str, str]
         scope: str
         idempotency_key: str
+        caused_by: dict[str, str]
 
     class OperationStarted(Aggregate.Event):
         sequence: int
@@ -129,40 +157,49 @@ class Payment(Aggregate):
         scope: str
         idempotency_key: str
         reason: str
+        caused_by: dict[str, str]
 
     class Authorized(Aggregate.Event):
         sequence: int
         provider_reference: str
         captured_amount: int
+        caused_by: dict[str, str]
 
     class Captured(Aggregate.Event):
         sequence: int
         amount: int
         provider_reference: str
+        caused_by: dict[str, str]
 
     class Canceled(Aggregate.Event):
         sequence: int
         provider_reference: str
+        caused_by: dict[str, str]
 
     class Refunded(Aggregate.Event):
         sequence: int
         amount: int
         provider_reference: str
+        caused_by: dict[str, str]
 
     class OperationDeclined(Aggregate.Event):
         sequence: int
         decline_code: str
         message: str
+        caused_by: dict[str, str]
 
     class OperationFailed(Aggregate.Event):
         sequence: int
         message: str
+        caused_by: dict[str, str]
 
     class OutcomeUnknown(Aggregate.Event):
         sequence: int
         message: str
+        caused_by: dict[str, str]
 
     class FailedOver(Aggregate.Event):
+        caused_by: dict[str, str]
         """The attempt certainly moved nothing; a new attempt goes to the next provider."""
 
         sequence: int
@@ -173,6 +210,7 @@ class Payment(Aggregate):
         message: str
 
     class StillUnknown(Aggregate.Event):
+        caused_by: dict[str, str]
         """A lookup at the provider found nothing yet."""
 
         sequence: int
@@ -180,6 +218,7 @@ class Payment(Aggregate):
         message: str
 
     class CaptureReversed(Aggregate.Event):
+        caused_by: dict[str, str]
         """A capture the provider first accepted failed later (asynchronous providers)."""
 
         sequence: int
@@ -187,6 +226,7 @@ class Payment(Aggregate):
         message: str
 
     class RefundReversed(Aggregate.Event):
+        caused_by: dict[str, str]
         """A refund the provider first accepted failed later: the money stayed captured."""
 
         sequence: int
@@ -197,13 +237,16 @@ class Payment(Aggregate):
         dispute_reference: str
         amount: int
         reason: str
+        caused_by: dict[str, str]
 
     class DisputeClosed(Aggregate.Event):
         dispute_reference: str
         won: bool
         amount: int
+        caused_by: dict[str, str]
 
     class ProviderEventReceived(Aggregate.Event):
+        caused_by: dict[str, str]
         """A provider's webhook about this payment, and what it changed (maybe nothing)."""
 
         provider: str
@@ -212,6 +255,7 @@ class Payment(Aggregate):
         effect: str
 
     class ReviewRequired(Aggregate.Event):
+        caused_by: dict[str, str]
         """The schedule of lookups ran out: flagged for a person, never failed by guessing."""
 
         sequence: int
@@ -231,6 +275,7 @@ class Payment(Aggregate):
         metadata: dict[str, str],
         scope: str,
         idempotency_key: str,
+        caused_by: dict[str, str],  # Cause(scope, idempotency_key).as_data()
     ) -> None:
         self.amount = amount
         self.currency = currency
@@ -384,6 +429,7 @@ class Payment(Aggregate):
             scope=cause.scope,
             idempotency_key=cause.idempotency_key,
             reason=reason,
+            caused_by=cause.as_data(),
         )
         return self.operations[-1]
 
@@ -401,6 +447,7 @@ class Payment(Aggregate):
         scope: str,
         idempotency_key: str,
         reason: str,
+        caused_by: dict[str, str],
     ) -> None:
         self.operations.append(
             Operation(
@@ -421,43 +468,65 @@ class Payment(Aggregate):
 
     # --- outcomes: what the provider said ----------------------------------------------
 
-    def record_success(self, sequence: int, *, provider_reference: str, amount: int) -> None:
+    def record_success(
+        self, sequence: int, *, provider_reference: str, amount: int, caused_by: Origin
+    ) -> None:
         """The provider confirmed the operation. ``amount`` is what it captured (authorize)
         or what it moved (capture, refund)."""
         op = self._in_doubt(sequence)
         if op.kind is Kind.AUTHORIZE:
             captured = amount if self.capture_mode is CaptureMode.AUTOMATIC else 0
             self._authorized(
-                sequence=sequence, provider_reference=provider_reference, captured_amount=captured
+                sequence=sequence,
+                provider_reference=provider_reference,
+                captured_amount=captured,
+                caused_by=caused_by.as_data(),
             )
         elif op.kind is Kind.CAPTURE:
             self._captured(
-                sequence=sequence, amount=op.amount, provider_reference=provider_reference
+                sequence=sequence,
+                amount=op.amount,
+                provider_reference=provider_reference,
+                caused_by=caused_by.as_data(),
             )
         elif op.kind is Kind.CANCEL:
-            self._canceled(sequence=sequence, provider_reference=provider_reference)
+            self._canceled(
+                sequence=sequence,
+                provider_reference=provider_reference,
+                caused_by=caused_by.as_data(),
+            )
         else:
             self._refunded(
-                sequence=sequence, amount=op.amount, provider_reference=provider_reference
+                sequence=sequence,
+                amount=op.amount,
+                provider_reference=provider_reference,
+                caused_by=caused_by.as_data(),
             )
 
-    def record_decline(self, sequence: int, *, decline_code: str, message: str) -> None:
+    def record_decline(
+        self, sequence: int, *, decline_code: str, message: str, caused_by: Origin
+    ) -> None:
         self._in_doubt(sequence)
-        self._operation_declined(sequence=sequence, decline_code=decline_code, message=message)
+        self._operation_declined(
+            sequence=sequence,
+            decline_code=decline_code,
+            message=message,
+            caused_by=caused_by.as_data(),
+        )
 
-    def record_failure(self, sequence: int, *, message: str) -> None:
+    def record_failure(self, sequence: int, *, message: str, caused_by: Origin) -> None:
         """The provider certainly did not move money for this operation, and will not."""
         self._in_doubt(sequence)
-        self._operation_failed(sequence=sequence, message=message)
+        self._operation_failed(sequence=sequence, message=message, caused_by=caused_by.as_data())
 
-    def record_unknown(self, sequence: int, *, message: str) -> None:
+    def record_unknown(self, sequence: int, *, message: str, caused_by: Origin) -> None:
         """The call ended without an outcome we can know; it stays in doubt until resolved."""
         op = self._in_doubt(sequence)
         if op.status is OpStatus.PENDING:
-            self._outcome_unknown(sequence=sequence, message=message)
+            self._outcome_unknown(sequence=sequence, message=message, caused_by=caused_by.as_data())
 
     def fail_over(
-        self, sequence: int, *, provider: str, deadline: datetime, message: str
+        self, sequence: int, *, provider: str, deadline: datetime, message: str, caused_by: Origin
     ) -> Operation:
         """Moves an authorization whose attempt certainly did not charge to another provider.
         Never while its outcome is in doubt: only a pending attempt the caller knows was not
@@ -476,35 +545,44 @@ class Payment(Aggregate):
             provider_key=provider_key(self.id, sequence, op.kind, attempt),
             deadline=deadline,
             message=message,
+            caused_by=caused_by.as_data(),
         )
         return self.operation(sequence)
 
-    def record_still_unknown(self, sequence: int, *, checked_at: datetime, message: str) -> None:
+    def record_still_unknown(
+        self, sequence: int, *, checked_at: datetime, message: str, caused_by: Origin
+    ) -> None:
         self._in_doubt(sequence)
-        self._still_unknown(sequence=sequence, checked_at=checked_at, message=message)
+        self._still_unknown(
+            sequence=sequence, checked_at=checked_at, message=message, caused_by=caused_by.as_data()
+        )
 
-    def require_review(self, sequence: int, *, message: str) -> None:
+    def require_review(self, sequence: int, *, message: str, caused_by: Origin) -> None:
         if not self._in_doubt(sequence).review_required:
-            self._review_required(sequence=sequence, message=message)
+            self._review_required(sequence=sequence, message=message, caused_by=caused_by.as_data())
 
     def operation_by_key(self, provider_key: str) -> Operation | None:
         return next((op for op in self.operations if op.provider_key == provider_key), None)
 
-    def reverse(self, sequence: int, *, message: str) -> bool:
+    def reverse(self, sequence: int, *, message: str, caused_by: Origin) -> bool:
         """A capture or refund recorded as succeeded failed at the provider afterwards.
         Returns whether anything changed (a reversal is recorded once)."""
         op = self.operation(sequence)
         if op.status is not OpStatus.SUCCEEDED:
             return False
         if op.kind is Kind.CAPTURE and op.amount <= self.captured_amount - self.refunded_amount:
-            self._capture_reversed(sequence=sequence, amount=op.amount, message=message)
+            self._capture_reversed(
+                sequence=sequence, amount=op.amount, message=message, caused_by=caused_by.as_data()
+            )
             return True
         if op.kind is Kind.REFUND and op.amount <= self.refunded_amount:
-            self._refund_reversed(sequence=sequence, amount=op.amount, message=message)
+            self._refund_reversed(
+                sequence=sequence, amount=op.amount, message=message, caused_by=caused_by.as_data()
+            )
             return True
         return False
 
-    def open_dispute(self, reference: str, *, amount: int, reason: str) -> bool:
+    def open_dispute(self, reference: str, *, amount: int, reason: str, caused_by: Origin) -> bool:
         """Returns whether it changed anything: a dispute opens once, and never after it
         closed (providers deliver out of order)."""
         if reference in self.disputes or reference in self.closed_disputes:
@@ -512,11 +590,14 @@ class Payment(Aggregate):
         if not self.captured_amount:
             return False
         self._dispute_opened(
-            dispute_reference=reference, amount=min(amount, self.captured_amount), reason=reason
+            dispute_reference=reference,
+            amount=min(amount, self.captured_amount),
+            reason=reason,
+            caused_by=caused_by.as_data(),
         )
         return True
 
-    def close_dispute(self, reference: str, *, won: bool, amount: int) -> bool:
+    def close_dispute(self, reference: str, *, won: bool, amount: int, caused_by: Origin) -> bool:
         """Closes a dispute, even one whose opening has not arrived yet (``amount`` is then
         the provider's figure for it)."""
         closed = self.closed_disputes.get(reference)
@@ -526,14 +607,20 @@ class Payment(Aggregate):
             amount = closed[1]  # decided again (a second chargeback, a reversal)
         else:
             amount = self.disputes.get(reference, min(amount, self.captured_amount))
-        self._dispute_closed(dispute_reference=reference, won=won, amount=amount)
+        self._dispute_closed(
+            dispute_reference=reference, won=won, amount=amount, caused_by=caused_by.as_data()
+        )
         return True
 
     def provider_event_received(
-        self, *, provider: str, event_id: str, kind: str, effect: str
+        self, *, provider: str, event_id: str, kind: str, effect: str, caused_by: Origin
     ) -> None:
         self._provider_event_received(
-            provider=provider, event_id=event_id, kind=kind, effect=effect
+            provider=provider,
+            event_id=event_id,
+            kind=kind,
+            effect=effect,
+            caused_by=caused_by.as_data(),
         )
 
     def _in_doubt(self, sequence: int) -> Operation:
@@ -551,29 +638,44 @@ class Payment(Aggregate):
         self.operations[sequence - 1] = replace(self.operations[sequence - 1], **changes)
 
     @event(Authorized)
-    def _authorized(self, *, sequence: int, provider_reference: str, captured_amount: int) -> None:
+    def _authorized(
+        self,
+        *,
+        sequence: int,
+        provider_reference: str,
+        captured_amount: int,
+        caused_by: dict[str, str],
+    ) -> None:
         self._settle(sequence, status=OpStatus.SUCCEEDED, provider_reference=provider_reference)
         self.authorized = True
         self.provider_reference = provider_reference
         self.captured_amount = captured_amount
 
     @event(Captured)
-    def _captured(self, *, sequence: int, amount: int, provider_reference: str) -> None:
+    def _captured(
+        self, *, sequence: int, amount: int, provider_reference: str, caused_by: dict[str, str]
+    ) -> None:
         self._settle(sequence, status=OpStatus.SUCCEEDED, provider_reference=provider_reference)
         self.captured_amount += amount
 
     @event(Canceled)
-    def _canceled(self, *, sequence: int, provider_reference: str) -> None:
+    def _canceled(
+        self, *, sequence: int, provider_reference: str, caused_by: dict[str, str]
+    ) -> None:
         self._settle(sequence, status=OpStatus.SUCCEEDED, provider_reference=provider_reference)
         self.closed_as = Status.CANCELED
 
     @event(Refunded)
-    def _refunded(self, *, sequence: int, amount: int, provider_reference: str) -> None:
+    def _refunded(
+        self, *, sequence: int, amount: int, provider_reference: str, caused_by: dict[str, str]
+    ) -> None:
         self._settle(sequence, status=OpStatus.SUCCEEDED, provider_reference=provider_reference)
         self.refunded_amount += amount
 
     @event(OperationDeclined)
-    def _operation_declined(self, *, sequence: int, decline_code: str, message: str) -> None:
+    def _operation_declined(
+        self, *, sequence: int, decline_code: str, message: str, caused_by: dict[str, str]
+    ) -> None:
         self._settle(
             sequence, status=OpStatus.DECLINED, decline_code=decline_code, failure_message=message
         )
@@ -583,14 +685,14 @@ class Payment(Aggregate):
             self.closed_as = Status.DECLINED
 
     @event(OperationFailed)
-    def _operation_failed(self, *, sequence: int, message: str) -> None:
+    def _operation_failed(self, *, sequence: int, message: str, caused_by: dict[str, str]) -> None:
         self._settle(sequence, status=OpStatus.FAILED, failure_message=message)
         self.failure_message = message
         if self.operation(sequence).kind is Kind.AUTHORIZE:
             self.closed_as = Status.FAILED
 
     @event(OutcomeUnknown)
-    def _outcome_unknown(self, *, sequence: int, message: str) -> None:
+    def _outcome_unknown(self, *, sequence: int, message: str, caused_by: dict[str, str]) -> None:
         self._settle(sequence, status=OpStatus.UNKNOWN, failure_message=message)
 
     @event(FailedOver)
@@ -603,6 +705,7 @@ class Payment(Aggregate):
         provider_key: str,
         deadline: datetime,
         message: str,
+        caused_by: dict[str, str],
     ) -> None:
         self._settle(
             sequence,
@@ -615,7 +718,9 @@ class Payment(Aggregate):
         self.provider = provider
 
     @event(StillUnknown)
-    def _still_unknown(self, *, sequence: int, checked_at: datetime, message: str) -> None:
+    def _still_unknown(
+        self, *, sequence: int, checked_at: datetime, message: str, caused_by: dict[str, str]
+    ) -> None:
         op = self.operation(sequence)
         self._settle(
             sequence,
@@ -626,23 +731,31 @@ class Payment(Aggregate):
         )
 
     @event(CaptureReversed)
-    def _capture_reversed(self, *, sequence: int, amount: int, message: str) -> None:
+    def _capture_reversed(
+        self, *, sequence: int, amount: int, message: str, caused_by: dict[str, str]
+    ) -> None:
         self._settle(sequence, status=OpStatus.FAILED, failure_message=message)
         self.captured_amount -= amount
         self.failure_message = message
 
     @event(RefundReversed)
-    def _refund_reversed(self, *, sequence: int, amount: int, message: str) -> None:
+    def _refund_reversed(
+        self, *, sequence: int, amount: int, message: str, caused_by: dict[str, str]
+    ) -> None:
         self._settle(sequence, status=OpStatus.FAILED, failure_message=message)
         self.refunded_amount -= amount
         self.failure_message = message
 
     @event(DisputeOpened)
-    def _dispute_opened(self, *, dispute_reference: str, amount: int, reason: str) -> None:
+    def _dispute_opened(
+        self, *, dispute_reference: str, amount: int, reason: str, caused_by: dict[str, str]
+    ) -> None:
         self.disputes[dispute_reference] = amount
 
     @event(DisputeClosed)
-    def _dispute_closed(self, *, dispute_reference: str, won: bool, amount: int) -> None:
+    def _dispute_closed(
+        self, *, dispute_reference: str, won: bool, amount: int, caused_by: dict[str, str]
+    ) -> None:
         self.disputes.pop(dispute_reference, None)
         before = self.closed_disputes.get(dispute_reference)
         if before is not None and not before[0]:
@@ -653,10 +766,10 @@ class Payment(Aggregate):
 
     @event(ProviderEventReceived)
     def _provider_event_received(
-        self, *, provider: str, event_id: str, kind: str, effect: str
+        self, *, provider: str, event_id: str, kind: str, effect: str, caused_by: dict[str, str]
     ) -> None:
         self.provider_events += 1
 
     @event(ReviewRequired)
-    def _review_required(self, *, sequence: int, message: str) -> None:
+    def _review_required(self, *, sequence: int, message: str, caused_by: dict[str, str]) -> None:
         self._settle(sequence, review_required=True, failure_message=message)

@@ -21,7 +21,7 @@ from orchestrator.application import Payments, learned_reference
 from orchestrator.domain.command import Command as CommandRecord
 from orchestrator.domain.command import command_id
 from orchestrator.domain.errors import PaymentNotFound
-from orchestrator.domain.payment import IN_DOUBT, Kind, Operation, Payment
+from orchestrator.domain.payment import IN_DOUBT, Kind, Operation, Payment, ProviderEventCause
 from orchestrator.domain.reference import ProviderReference, reference_id
 from orchestrator.domain.webhook import WebhookDelivery
 from orchestrator.ports import WebhookKind
@@ -117,6 +117,7 @@ class WebhookProcessor(BackgroundLoop):
             event_id=delivery.event_id,
             kind=delivery.kind,
             effect=effect,
+            caused_by=_cause(delivery),
         )
         delivery.applied(payment_id=payment.id, payment_version=payment.version, effect=effect)
         processing.collect_events(payment, *changed)
@@ -158,7 +159,9 @@ def _effect(
         changed = [*learned_reference(payment, authorized_before), *_complete(app, payment, op)]
         return f"resolved operation {op.sequence}", changed
     if kind in (WebhookKind.CAPTURE_FAILED, WebhookKind.REFUND_FAILED) and payment.reverse(
-        op.sequence, message=delivery.message or f"{kind.value} reported by the provider"
+        op.sequence,
+        message=delivery.message or f"{kind.value} reported by the provider",
+        caused_by=_cause(delivery),
     ):
         return f"reversed operation {op.sequence}", []
     return f"operation {op.sequence} already {op.status.value}: unchanged", []
@@ -167,11 +170,17 @@ def _effect(
 def _dispute(payment: Payment, delivery: WebhookDelivery, kind: WebhookKind) -> str:
     if kind is WebhookKind.DISPUTE_OPENED:
         opened = payment.open_dispute(
-            delivery.object_reference, amount=delivery.amount, reason=delivery.message
+            delivery.object_reference,
+            amount=delivery.amount,
+            reason=delivery.message,
+            caused_by=_cause(delivery),
         )
         return "dispute opened" if opened else "dispute already known"
     closed = payment.close_dispute(
-        delivery.object_reference, won=kind is WebhookKind.DISPUTE_WON, amount=delivery.amount
+        delivery.object_reference,
+        won=kind is WebhookKind.DISPUTE_WON,
+        amount=delivery.amount,
+        caused_by=_cause(delivery),
     )
     return "dispute closed" if closed else "dispute already closed"
 
@@ -195,13 +204,26 @@ def _resolve(payment: Payment, op: Operation, delivery: WebhookDelivery, kind: W
             op.sequence,
             provider_reference=delivery.provider_reference or op.provider_reference,
             amount=amount,
+            caused_by=_cause(delivery),
         )
     elif delivery.decline_code:
         payment.record_decline(
-            op.sequence, decline_code=delivery.decline_code, message=delivery.message
+            op.sequence,
+            decline_code=delivery.decline_code,
+            message=delivery.message,
+            caused_by=_cause(delivery),
         )
     else:
-        payment.record_failure(op.sequence, message=delivery.message or "failed at the provider")
+        payment.record_failure(
+            op.sequence,
+            message=delivery.message or "failed at the provider",
+            caused_by=_cause(delivery),
+        )
+
+
+def _cause(delivery: WebhookDelivery) -> ProviderEventCause:
+    """What the payment's events record as their cause: the provider's own event."""
+    return ProviderEventCause(delivery.verified_by, delivery.event_id)
 
 
 def _complete(app: Payments, payment: Payment, op: Operation) -> list[CommandRecord]:

@@ -182,11 +182,16 @@ def captured_payment(n: int, deadline: datetime) -> Payment:
         id=uuid4(), amount=1000 + n % 500, currency="USD", payment_method="pm_card_visa",
         region="US", capture_mode="manual", reference=f"order-{n}", metadata={},
         scope="default", idempotency_key=f"bulk-{n}",
+        caused_by=cause.as_data(),
     )  # fmt: skip
     payment.start_authorization(provider="sandbox", deadline=deadline, cause=cause)
-    payment.record_success(1, provider_reference=f"sbx_pay_{n}", amount=payment.amount)
+    payment.record_success(
+        1, provider_reference=f"sbx_pay_{n}", amount=payment.amount, caused_by=cause
+    )
     payment.start_capture(None, deadline=deadline, cause=cause)
-    payment.record_success(2, provider_reference=f"sbx_pay_{n}", amount=payment.amount)
+    payment.record_success(
+        2, provider_reference=f"sbx_pay_{n}", amount=payment.amount, caused_by=cause
+    )
     return payment
 
 

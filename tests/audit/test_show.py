@@ -23,7 +23,7 @@ def test_a_payment_shows_one_row_per_event_then_its_status_and_amounts(
     assert lines[0].startswith(f"payment {manual.id} (reference order-1")
     header = lines[2].split()
     assert header[:2] == ["VERSION", "TIME"]
-    rows = [line.split(None, 4) for line in lines[4:11]]
+    rows = [line.split(None, 5) for line in lines[4:11]]
     assert [(r[0], r[3]) for r in rows] == [
         ("1", "Requested"),
         ("2", "OperationStarted"),
@@ -33,9 +33,15 @@ def test_a_payment_shows_one_row_per_event_then_its_status_and_amounts(
         ("6", "OperationStarted"),
         ("7", "Refunded"),
     ]
-    assert rows[0][4].startswith("amount=1000 USD, region=US, capture_mode=manual")
-    assert rows[4][4].startswith("amount=600 USD, provider_reference=sbx_pay_")
-    assert rows[5][4].startswith("kind=refund, amount=200 USD, provider=sandbox, reason=customer")
+    # Each event names the command that caused it; an outcome, the command that asked for it.
+    assert [r[4] for r in rows] == [
+        *["cmd:manual"] * 3,
+        *["cmd:capture-1"] * 2,
+        *["cmd:refund-1"] * 2,
+    ]
+    assert rows[0][5].startswith("amount=1000 USD, region=US, capture_mode=manual")
+    assert rows[4][5].startswith("amount=600 USD, provider_reference=sbx_pay_")
+    assert rows[5][5].startswith("kind=refund, amount=200 USD, provider=sandbox")
     assert lines[-1] == (
         "status: partially_refunded  amount: 1000 USD  captured: 600 USD  refunded: 200 USD"
     )
@@ -66,7 +72,7 @@ def test_an_unknown_payment_exits_1_with_a_message(
 
 def test_a_long_summary_is_cut_to_fit_the_terminal() -> None:
     long = summary({"message": "x" * 300, "amount": 5}, "EUR")
-    (_, _, row) = table([("1", "2024-01-01 00:00:00.000", "OperationFailed", long)])
+    (_, _, row) = table([("1", "2024-01-01 00:00:00.000", "OperationFailed", "recovery", long)])
     assert len(row) == MAX_WIDTH
     assert row.endswith("...")
     assert "amount=5 EUR, message=xxx" in row

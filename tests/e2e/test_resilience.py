@@ -3,6 +3,7 @@ over HTTP (one of them sometimes down, hung or forgetful)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -172,6 +173,11 @@ def test_the_recovery_worker_resolves_what_nobody_saw(
         payment = running.stub.GetPayment(pb.GetPaymentRequest(payment_id=payment.payment_id))
     assert payment.status == pb.PAYMENT_STATUS_AUTHORIZED
     assert payment.provider_reference == ledger(sandbox)[0]["payment"]
+    recorded = running.stub.ListPaymentEvents(
+        pb.ListPaymentEventsRequest(payment_id=payment.payment_id)
+    ).events
+    assert recorded[-1].type == "Authorized"
+    assert json.loads(recorded[-1].data)["caused_by"] == {"kind": "recovery"}
     # The command's retry now answers with the resolved payment.
     assert (
         running.stub.CreatePayment(create_request("recover")).status == pb.PAYMENT_STATUS_AUTHORIZED

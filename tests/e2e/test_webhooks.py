@@ -82,9 +82,19 @@ def test_a_processing_payment_is_resolved_by_its_webhook(webhook_stack: WebhookS
     webhook_stack.processor.start()  # no recovery worker runs here: only the webhook can tell
     request = pb.GetPaymentRequest(payment_id=payment.payment_id)
     wait_for(lambda: webhook_stack.stub.GetPayment(request).status == pb.PAYMENT_STATUS_AUTHORIZED)
-    types = [e.type for e in events(webhook_stack, payment.payment_id)]
+    recorded = events(webhook_stack, payment.payment_id)
+    types = [e.type for e in recorded]
     assert types[:4] == ["Requested", "OperationStarted", "OutcomeUnknown", "Authorized"]
     assert "ProviderEventReceived" in types
+    # Each event names its cause: the command up to the unknown outcome, then the webhook.
+    causes = [json.loads(e.data)["caused_by"] for e in recorded]
+    command = {"kind": "command", "scope": "default", "idempotency_key": "late"}
+    assert causes[:3] == [command] * 3
+    assert causes[3]["kind"] == "provider_event"
+    assert causes[3]["provider"] == "sandbox"
+    assert causes[3]["event_id"].startswith("evt_")
+    received = json.loads(recorded[types.index("ProviderEventReceived")].data)
+    assert received["caused_by"]["event_id"] == received["event_id"]
     # The command's retry now answers with what the webhook taught us.
     assert (
         webhook_stack.stub.CreatePayment(create_request("late")).status
