@@ -16,8 +16,17 @@ from adapters.sandbox import new_webhook_secret, start_sandbox
 from adapters.sandbox.server import run_sandbox
 from orchestrator.api.server import PaymentServer, create_server
 from orchestrator.application import Payments
+from orchestrator.audit.chain import ChainedRecorder
 from orchestrator.audit.export import FORMATS, TimeWindow, export, parse_instant
+from orchestrator.audit.reconcile import (
+    STATEMENT_READERS,
+    StatementError,
+    our_movements,
+    reconcile,
+    render,
+)
 from orchestrator.audit.show import timeline
+from orchestrator.audit.verify import parse_head, verify
 from orchestrator.bootstrap import Settings, build_payments, load_configuration, webhook_verifiers
 from orchestrator.domain.errors import InvalidArgument, PaymentNotFound
 from orchestrator.recovery import RecoveryWorker
@@ -103,14 +112,39 @@ def _add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     export.add_argument("--format", required=True, choices=FORMATS)
     export.add_argument("--out", required=True, type=Path, help="written atomically")
     export.add_argument("--quiet", action="store_true", help="no progress counter")
+    verify = actions.add_parser(
+        "verify", help="check the log's chain and every payment's money; exit 1 on any finding"
+    )
+    verify.add_argument("--database-url", help="env PAYORCH_DATABASE_URL (sqlite:///payorch.db)")
+    verify.add_argument(
+        "--expect-head", type=_head, help="SEQ:HASH a previous verify printed: detects a cut"
+    )
     show = actions.add_parser("show", help="one payment's events and its current state")
     show.add_argument("payment_id")
     show.add_argument("--database-url", help="env PAYORCH_DATABASE_URL (sqlite:///payorch.db)")
+    reconcile = actions.add_parser(
+        "reconcile", help="our money movements against a provider's statement"
+    )
+    reconcile.add_argument(
+        "--provider", required=True, help=f"whose statement: {' or '.join(STATEMENT_READERS)}"
+    )
+    reconcile.add_argument(
+        "--statement", required=True, type=Path,
+        help="sandbox: its GET /_sandbox/ledger JSON; stripe: a balance transactions CSV",
+    )  # fmt: skip
+    reconcile.add_argument("--database-url", help="env PAYORCH_DATABASE_URL (sqlite:///payorch.db)")
 
 
 def _instant(text: str) -> datetime:
     try:
         return parse_instant(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _head(text: str) -> tuple[int, bytes]:
+    try:
+        return parse_head(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -125,6 +159,10 @@ def run_audit(args: argparse.Namespace) -> int:
     try:
         if args.audit_command == "export":
             return _export(app, args)
+        if args.audit_command == "verify":
+            return _verify(app, args.expect_head)
+        if args.audit_command == "reconcile":
+            return _reconcile(app, args.provider, args.statement)
         return _show(app, args.payment_id)
     finally:
         app.close()
@@ -154,6 +192,16 @@ def _export(app: Payments, args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(app: Payments, expect_head: tuple[int, bytes] | None) -> int:
+    """0: nothing found; 1: findings, each named."""
+    if not isinstance(app.recorder, ChainedRecorder):
+        print("payorch audit verify: this store keeps no chain", file=sys.stderr)
+        return 2
+    report = verify(app.recorder, app.mapper, expect_head=expect_head)
+    print("\n".join(report.lines()))
+    return 0 if report.clean else 1
+
+
 def _show(app: Payments, payment_id: str) -> int:
     try:
         lines = timeline(app, payment_id)
@@ -162,6 +210,28 @@ def _show(app: Payments, payment_id: str) -> int:
         return 1
     print("\n".join(lines))
     return 0
+
+
+def _reconcile(app: Payments, provider: str, statement: Path) -> int:
+    """0: everything matches; 1: findings; 2: the statement cannot be read."""
+    read = STATEMENT_READERS.get(provider)
+    if read is None:
+        known = " or ".join(STATEMENT_READERS)
+        print(f"payorch audit reconcile: no statement format for provider {provider!r}: "
+              f"use {known}", file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        theirs = read(statement)
+    except OSError as e:
+        print(f"payorch audit reconcile: cannot read {statement}: {e.strerror or e}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    except StatementError as e:
+        print(f"payorch audit reconcile: {e}", file=sys.stderr)
+        return 2
+    report = reconcile(our_movements(app, provider), theirs, provider=provider)
+    print("\n".join(render(report, str(statement))))
+    return 1 if report.findings else 0
 
 
 def serve_forever(settings: Settings) -> int:

@@ -16,6 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+# The recorders that also write the tamper-evident chain (see orchestrator.audit.chain).
+RECORDER_TOPICS = {
+    "sqlite": "orchestrator.audit.chain:ChainedSQLiteRecorder",
+    "postgres": "orchestrator.audit.chain:ChainedPostgresRecorder",
+}
+
 DEFAULT_DATABASE_URL = "sqlite:///payorch.db"
 # Any constant will do: it names "payorch schema creation" among advisory locks.
 _DDL_LOCK_KEY = 0x7061796F7263  # "payorc"
@@ -38,7 +44,11 @@ def parse_database_url(url: str, *, pool_size: int = 8, max_overflow: int = 24) 
             raise ValueError("an sqlite URL needs a path: sqlite:///payorch.db")
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path}
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": path,
+            "PROCESS_RECORDER_TOPIC": RECORDER_TOPICS["sqlite"],
+        }
         return StoreConfig("sqlite", env, f"sqlite:///{path}", {})
     if parts.scheme in ("postgresql", "postgres"):
         dbname = unquote(parts.path.lstrip("/")) or "postgres"
@@ -59,6 +69,7 @@ def parse_database_url(url: str, *, pool_size: int = 8, max_overflow: int = 24) 
             "POSTGRES_MAX_OVERFLOW": str(max_overflow),
             "POSTGRES_CONNECT_TIMEOUT": "10",
             "POSTGRES_PRE_PING": "y",
+            "PROCESS_RECORDER_TOPIC": RECORDER_TOPICS["postgres"],
         }
         conninfo = {"dbname": dbname, "host": host, "port": port, "user": user}
         if password:
