@@ -16,7 +16,7 @@ from adapters.sandbox import new_webhook_secret, start_sandbox
 from adapters.sandbox.server import run_sandbox
 from orchestrator.api.server import PaymentServer, create_server
 from orchestrator.application import Payments
-from orchestrator.audit.chain import ChainedRecorder
+from orchestrator.audit.chain import KEY_VARIABLE, ChainedRecorder, chain_key
 from orchestrator.audit.export import FORMATS, TimeWindow, export, parse_instant
 from orchestrator.audit.reconcile import (
     STATEMENT_READERS,
@@ -244,6 +244,12 @@ def serve_forever(settings: Settings) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
+    if not chain_key():
+        log.warning(
+            "%s is not set: the event log's chain is unkeyed, so it detects edits but not "
+            "someone who rewrites the whole chain",
+            KEY_VARIABLE,
+        )
     sandbox = None
     sandbox_url = settings.sandbox_url
     webhook_secret = _external_sandbox_webhook_secret()
