@@ -149,7 +149,7 @@ class ChainedSQLiteRecorder(SQLiteProcessRecorder, ChainedRecorder):
         self._unchained_sql = (
             f"SELECT e.rowid AS position, e.* FROM {events} e LEFT JOIN {chain} c "  # noqa: S608
             "ON e.originator_id = c.originator_id AND e.originator_version = c.originator_version "
-            "WHERE c.seq IS NULL ORDER BY e.rowid"
+            "WHERE c.seq IS NULL AND e.rowid > ? ORDER BY e.rowid LIMIT ?"
         )
         self._by_aggregate_sql = (
             f"SELECT rowid AS position, * FROM {events} "  # noqa: S608
@@ -213,8 +213,14 @@ class ChainedSQLiteRecorder(SQLiteProcessRecorder, ChainedRecorder):
             after = rows[-1]["seq"]
 
     def unchained(self) -> Iterator[Unchained]:
-        for row in self._rows(self._unchained_sql):
-            yield Unchained(row["position"], _stored(row, UUID(row["originator_id"])))
+        after = 0
+        while True:
+            rows = self._rows(self._unchained_sql, (after, PAGE))
+            for row in rows:
+                yield Unchained(row["position"], _stored(row, UUID(row["originator_id"])))
+            if len(rows) < PAGE:
+                return
+            after = rows[-1]["position"]
 
     def events_by_aggregate(self) -> Iterator[tuple[int, StoredEvent]]:
         after: tuple[str, int] = ("", 0)
@@ -312,10 +318,17 @@ class ChainedPostgresRecorder(PostgresProcessRecorder, ChainedRecorder):
         statement = SQL(
             "SELECT e.* FROM {events} e LEFT JOIN {chain} c "
             "ON e.originator_id = c.originator_id AND e.originator_version = c.originator_version "
-            "WHERE c.seq IS NULL ORDER BY e.notification_id"
+            "WHERE c.seq IS NULL AND e.notification_id > %s ORDER BY e.notification_id LIMIT %s"
         ).format(chain=self.chain_table, events=self.events_table)
-        for row in self._rows(statement):
-            yield Unchained(row["notification_id"], _stored(row, _as_uuid(row["originator_id"])))
+        after = 0
+        while True:
+            rows = self._rows(statement, (after, PAGE))
+            for row in rows:
+                oid = _as_uuid(row["originator_id"])
+                yield Unchained(row["notification_id"], _stored(row, oid))
+            if len(rows) < PAGE:
+                return
+            after = rows[-1]["notification_id"]
 
     def events_by_aggregate(self) -> Iterator[tuple[int, StoredEvent]]:
         statement = SQL(
