@@ -26,7 +26,13 @@ def event_fields(event: DomainEventProtocol[UUID]) -> dict[str, Any]:
 def event_data(event: DomainEventProtocol[UUID]) -> str:
     """The event's own fields as a JSON object, ids and times as strings. Keys are sorted so
     that one event always encodes to the same text (exports can be diffed and hashed)."""
-    return json.dumps(event_fields(event), default=_json_default, sort_keys=True)
+    return json.dumps(event_json_fields(event), sort_keys=True)
+
+
+def event_json_fields(event: DomainEventProtocol[UUID]) -> dict[str, Any]:
+    """The event's own fields as JSON values (ids and times as strings), without a round trip
+    through JSON text: an export converts every event of the log."""
+    return {k: _jsonable(v) for k, v in event_fields(event).items()}
 
 
 def event_timestamp(event: DomainEventProtocol[UUID]) -> datetime:
@@ -55,9 +61,17 @@ def describe_cause(caused_by: Any) -> str:
     return str(kind)
 
 
-def _json_default(value: Any) -> str:
-    if isinstance(value, UUID | datetime):
-        return value.isoformat() if isinstance(value, datetime) else str(value)
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, str | int):  # bool is an int; no floats near money
+        return value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
@@ -80,7 +94,7 @@ class AuditRecord:
             version=event.originator_version,
             type=type(event).__name__,
             time=event_time(event),
-            data=json.loads(event_data(event)),
+            data=event_json_fields(event),
         )
 
     def as_json_object(self) -> dict[str, Any]:

@@ -199,7 +199,6 @@ class Payment(Aggregate):
         caused_by: dict[str, str]
 
     class FailedOver(Aggregate.Event):
-        caused_by: dict[str, str]
         """The attempt certainly moved nothing; a new attempt goes to the next provider."""
 
         sequence: int
@@ -208,30 +207,31 @@ class Payment(Aggregate):
         provider_key: str
         deadline: datetime
         message: str
+        caused_by: dict[str, str]
 
     class StillUnknown(Aggregate.Event):
-        caused_by: dict[str, str]
         """A lookup at the provider found nothing yet."""
 
         sequence: int
         checked_at: datetime
         message: str
+        caused_by: dict[str, str]
 
     class CaptureReversed(Aggregate.Event):
-        caused_by: dict[str, str]
         """A capture the provider first accepted failed later (asynchronous providers)."""
 
         sequence: int
         amount: int
         message: str
+        caused_by: dict[str, str]
 
     class RefundReversed(Aggregate.Event):
-        caused_by: dict[str, str]
         """A refund the provider first accepted failed later: the money stayed captured."""
 
         sequence: int
         amount: int
         message: str
+        caused_by: dict[str, str]
 
     class DisputeOpened(Aggregate.Event):
         dispute_reference: str
@@ -246,20 +246,20 @@ class Payment(Aggregate):
         caused_by: dict[str, str]
 
     class ProviderEventReceived(Aggregate.Event):
-        caused_by: dict[str, str]
         """A provider's webhook about this payment, and what it changed (maybe nothing)."""
 
         provider: str
         event_id: str
         kind: str
         effect: str
+        caused_by: dict[str, str]
 
     class ReviewRequired(Aggregate.Event):
-        caused_by: dict[str, str]
         """The schedule of lookups ran out: flagged for a person, never failed by guessing."""
 
         sequence: int
         message: str
+        caused_by: dict[str, str]
 
     @event(Requested)
     def __init__(
