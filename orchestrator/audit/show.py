@@ -14,6 +14,8 @@ from orchestrator.audit.records import describe_cause, event_fields, event_times
 from orchestrator.domain.payment import Payment
 
 MAX_WIDTH = 120
+# A provider's event id can be long: the column shows its start, the export has it whole.
+CAUSE_WIDTH = 32
 HEADERS = ("VERSION", "TIME (UTC)", "TYPE", "CAUSED BY", "SUMMARY")
 # The fields worth a glance, in the order a reader wants them. The long, rarely read provider
 # key comes last, so that it is what truncation cuts first.
@@ -93,7 +95,7 @@ def _row(event: DomainEventProtocol[UUID], currency: str) -> tuple[str, ...]:
         str(event.originator_version),
         moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],  # milliseconds are enough to read
         type(event).__name__,
-        describe_cause(fields.get("caused_by")),
+        _clip(describe_cause(fields.get("caused_by")), CAUSE_WIDTH),
         summary(fields, currency),
     )
 
@@ -109,5 +111,9 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())  # provider messages may hold newlines that break the table
 
 
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def _fit(line: str) -> str:
-    return line if len(line) <= MAX_WIDTH else line[: MAX_WIDTH - 3] + "..."
+    return _clip(line, MAX_WIDTH)

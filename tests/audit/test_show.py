@@ -80,3 +80,22 @@ def test_a_long_summary_is_cut_to_fit_the_terminal() -> None:
 
 def test_a_message_with_newlines_stays_on_one_row() -> None:
     assert summary({"message": "first\nsecond  third"}, "USD") == "message=first second third"
+
+
+def test_a_long_provider_event_id_is_cut_to_fit_the_cause_column(app: Payments) -> None:
+    from orchestrator.audit.show import CAUSE_WIDTH, timeline
+    from orchestrator.domain.payment import ProviderEventCause
+
+    manual, _, _ = a_few_payments(app)
+    payment = app.get_payment(manual.id)
+    event_id = "evt_" + "f" * 40
+    payment.provider_event_received(
+        provider="sandbox", event_id=event_id, kind="dispute_opened", effect="noted",
+        caused_by=ProviderEventCause("sandbox", event_id),
+    )  # fmt: skip
+    app.save(payment)
+    last = timeline(app, str(manual.id))[-3]
+    cause = last.split(None, 5)[4]
+    assert cause.startswith("webhook:sandbox/evt_fff")
+    assert len(cause) == CAUSE_WIDTH
+    assert cause.endswith("...")
