@@ -134,7 +134,9 @@ def check_chain(
     previous_seq, previous_hash = 0, GENESIS
     for link in recorder.links(0, head_seq):
         report.links += 1
-        what = f"payment {link.originator_id} version {link.originator_version} (link {link.seq})"
+        topic = link.event.topic if link.event is not None else None
+        what = f"{_named(link.originator_id, topic)} version {link.originator_version} "
+        what += f"(link {link.seq})"
         if link.seq != previous_seq + 1:
             missing = link.seq - previous_seq - 1
             report.add(
@@ -161,7 +163,7 @@ def check_chain(
         event = extra.event
         report.add(
             "inserted",
-            f"payment {event.originator_id} version {event.originator_version} "
+            f"{_named(event.originator_id, event.topic)} version {event.originator_version} "
             f"(position {extra.position})",
             f"{_type_name(event.topic)} is in the log but not in the chain: written around payorch",
         )
@@ -261,6 +263,17 @@ def _check(
 
 def _type_name(topic: str) -> str:
     return topic.rpartition(".")[2] or topic
+
+
+def _named(aggregate_id: object, topic: str | None) -> str:
+    """How a finding names an event's aggregate: ``payment <id>`` for a payment, the kind of
+    record otherwise (a command, a webhook delivery), ``event of <id>`` when it is gone."""
+    if topic is None:
+        return f"event of {aggregate_id}"
+    if topic.startswith(_PAYMENT_TOPICS):
+        return f"payment {aggregate_id}"
+    kind = topic.partition(":")[2].partition(".")[0] or "record"
+    return f"{kind} {aggregate_id}"
 
 
 # Every payment event's topic begins so; other aggregates (commands, webhook deliveries,

@@ -125,7 +125,7 @@ def test_a_delete_made_directly_in_the_database_is_named(
     store.delete(store.events, manual.id, 6)
     assert run_verify(database_url) == 1
     out = capsys.readouterr().out
-    assert f"DELETED        payment {manual.id} version 6 (link " in out
+    assert f"DELETED        event of {manual.id} version 6 (link " in out
     assert "the event this link chains is gone from the log" in out
     assert f"VERSION-GAP    payment {manual.id} version 7" in out
 
@@ -290,3 +290,16 @@ def test_a_provider_reversal_may_leave_a_refunded_payment(app: Payments) -> None
     payment.reverse(op.sequence, message="refund failed", caused_by=Cause("d", "r"))
     assert payment.status.value == "captured"
     assert replay(app, payment).clean
+
+
+def test_an_edited_command_record_is_named_as_a_command(
+    app: Payments, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from orchestrator.domain.command import command_id
+
+    a_few_payments(app)
+    store = Store(database_url)
+    cid = command_id("default", "capture-1")
+    store.set_state(cid, 1, store.state(cid, 1).replace(b"capture-1", b"capture-9"))
+    assert run_verify(database_url) == 1
+    assert f"CHANGED        Command {cid} version 1 (link " in capsys.readouterr().out
