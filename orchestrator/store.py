@@ -70,6 +70,8 @@ def parse_database_url(url: str, *, pool_size: int = 8, max_overflow: int = 24) 
             "POSTGRES_CONNECT_TIMEOUT": "10",
             "POSTGRES_PRE_PING": "y",
             "PROCESS_RECORDER_TOPIC": RECORDER_TOPICS["postgres"],
+            # Its insert function bypasses the recorder that writes the audit chain.
+            "POSTGRES_ENABLE_DB_FUNCTIONS": "n",
         }
         conninfo = {"dbname": dbname, "host": host, "port": port, "user": user}
         if password:

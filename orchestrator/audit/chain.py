@@ -241,6 +241,9 @@ class ChainedPostgresRecorder(PostgresProcessRecorder, ChainedRecorder):
         events_table_name: str = "stored_events",
         tracking_table_name: str = "notification_tracking",
     ) -> None:
+        if datastore.enable_db_functions:
+            # That insert path skips _insert_events: events would commit without their links.
+            raise ValueError("the audit chain needs POSTGRES_ENABLE_DB_FUNCTIONS off")
         super().__init__(
             datastore, events_table_name=events_table_name, tracking_table_name=tracking_table_name
         )
