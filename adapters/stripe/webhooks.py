@@ -246,14 +246,19 @@ def _created(obj: JSONObject) -> int:
 
 # Disputes --------------------------------------------------------------------------------
 
-_CLOSED: Final = {"won": WebhookKind.DISPUTE_WON, "lost": WebhookKind.DISPUTE_LOST}
+# An inquiry (``warning_*``) closed without becoming a chargeback took no money: for the
+# payment it ends like a dispute won, else it would stay DISPUTED forever.
+_CLOSED: Final = {
+    "won": WebhookKind.DISPUTE_WON,
+    "warning_closed": WebhookKind.DISPUTE_WON,
+    "lost": WebhookKind.DISPUTE_LOST,
+}
 
 
 def _dispute(event_id: str, kind: str, dispute: JSONObject) -> WebhookEvent:
     if kind == "charge.dispute.created":
         outcome = WebhookKind.DISPUTE_OPENED
     else:
-        # warning_closed: an inquiry closed without becoming a chargeback
         outcome = _CLOSED.get(text(dispute, "status"), WebhookKind.OTHER)
     currency = _currency(dispute)
     # A Dispute carries no metadata of ours: the payment is found by its PaymentIntent.

@@ -437,8 +437,8 @@ TABLE = [
                      message="fraudulent"),
     ),
     (
-        "charge.dispute.closed", dispute(status="warning_closed"),
-        WebhookEvent("evt_1NtH", WebhookKind.OTHER, provider_reference="pi_3Abc",
+        "charge.dispute.closed", dispute(status="warning_closed"),  # an inquiry, no chargeback
+        WebhookEvent("evt_1NtH", WebhookKind.DISPUTE_WON, provider_reference="pi_3Abc",
                      object_reference="dp_1Abc", amount=2000, currency="EUR",
                      message="fraudulent"),
     ),
