@@ -18,14 +18,9 @@ from orchestrator.api.server import PaymentServer, create_server
 from orchestrator.application import Payments
 from orchestrator.audit.chain import KEY_VARIABLE, ChainedRecorder, chain_key
 from orchestrator.audit.export import FORMATS, TimeWindow, export, parse_instant
-from orchestrator.audit.reconcile import (
-    STATEMENT_READERS,
-    StatementError,
-    our_movements,
-    reconcile,
-    render,
-)
+from orchestrator.audit.reconcile import our_movements, reconcile, render
 from orchestrator.audit.show import timeline
+from orchestrator.audit.statements import STATEMENT_READERS, StatementError
 from orchestrator.audit.verify import parse_head, verify
 from orchestrator.bootstrap import Settings, build_payments, load_configuration, webhook_verifiers
 from orchestrator.domain.errors import InvalidArgument, PaymentNotFound

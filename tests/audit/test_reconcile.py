@@ -20,14 +20,14 @@ from adapters.sandbox import SandboxServer, new_webhook_secret
 from adapters.stripe import StripeAdapter
 from adapters.stripe.transformers import from_stripe_amount
 from orchestrator.application import Payments
-from orchestrator.audit.reconcile import (
+from orchestrator.audit.reconcile import reconcile
+from orchestrator.audit.statements import (
     Kind,
     Movement,
     Statement,
     StatementError,
     minor_units,
     read_stripe_balance_transactions,
-    reconcile,
 )
 from orchestrator.bootstrap import (
     build_payments,
