@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,3 +131,26 @@ def add_machine_arguments(
     )
     parser.add_argument("--startup-timeout", type=float, default=60.0)
     parser.add_argument("--keep-tmp", action="store_true", help="keep logs and stores")
+
+
+def label_pairs(items: list[str]) -> dict[str, str]:
+    """``LABEL=VALUE`` command-line items as a dict (the load generators' ``--watch``)."""
+    pairs: dict[str, str] = {}
+    for text in items:
+        label, sep, value = text.partition("=")
+        if not sep or not label or not value:
+            raise SystemExit(f"expected LABEL=VALUE, got {text!r}")
+        pairs[label] = value
+    return pairs
+
+
+def stop_event_on_signals() -> threading.Event:
+    """An event SIGTERM and SIGINT set: how the ceiling servers know to shut down."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop

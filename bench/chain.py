@@ -14,16 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from uuid import uuid4
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from create_payment import fresh_postgres_database
 
 from orchestrator.application import Payments
 from orchestrator.audit.verify import verify
@@ -104,21 +101,6 @@ def measure(name: str, url: str, threads: int, rounds: int, seconds: float) -> N
             app.close()
 
 
-def drop_postgres(url: str, dbname: str) -> Callable[[], None]:
-    import psycopg
-
-    admin = parse_database_url(url).conninfo
-
-    def drop() -> None:
-        with psycopg.connect(**admin, autocommit=True) as conn:  # type: ignore[arg-type]
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-
-    drop()
-    with psycopg.connect(**admin, autocommit=True) as conn:  # type: ignore[arg-type]
-        conn.execute(f'CREATE DATABASE "{dbname}"')
-    return drop
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -133,14 +115,9 @@ def main() -> int:
         for threads in (1, 8):
             measure("sqlite", f"sqlite:///{tmp}/chain-{threads}.db", threads, opts.rounds,
                     opts.seconds)  # fmt: skip
-    dbname = "payorch_bench_chain"
-    drop = drop_postgres(opts.postgres_url, dbname)
-    try:
-        base = opts.postgres_url.rsplit("/", 1)[0]
+    with fresh_postgres_database(opts.postgres_url) as url:
         for threads in (1, 8):
-            measure("postgres", f"{base}/{dbname}", threads, opts.rounds, opts.seconds)
-    finally:
-        drop()
+            measure("postgres", url, threads, opts.rounds, opts.seconds)
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
     return 0
 

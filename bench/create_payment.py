@@ -802,6 +802,23 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
+@contextlib.contextmanager
+def scratch_dir(prefix: str, *, keep: bool, interrupted: str) -> Iterator[Path]:
+    """A temporary folder for one benchmark, removed at the end unless ``keep``. A SIGTERM
+    or Ctrl-C says what the ``finally`` blocks inside cleaned up (``interrupted``)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield tmp
+    except (KeyboardInterrupt, SystemExit):
+        print(f"interrupted: {interrupted}", file=sys.stderr)
+        raise
+    finally:
+        if keep:
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def measurable_backends(
     wanted: tuple[str, ...] | list[str], postgres_url: str
 ) -> tuple[list[str], dict[str, str]]:
@@ -902,29 +919,26 @@ def main(argv: list[str] | None = None) -> int:
         print("no backend left to measure", file=sys.stderr)
         return 2
 
-    tmp = Path(tempfile.mkdtemp(prefix="payorch-bench-"))
     runs: list[dict[str, Any]] = []
     try:
-        for i in range(1, opts.runs + 1):
-            run_dir = tmp / f"run{i}"
-            run_dir.mkdir()
-            print(f"run {i}/{opts.runs}: empty gRPC ceiling", file=sys.stderr)
-            run: dict[str, Any] = {"empty_grpc": empty_grpc_ceiling(opts, run_dir), "backends": {}}
-            for backend in backends:
-                print(f"run {i}/{opts.runs}: {backend}", file=sys.stderr)
-                run["backends"][backend] = run_backend(opts, backend, run_dir)
-            runs.append(run)
+        with scratch_dir(
+            "payorch-bench-", keep=opts.keep_tmp, interrupted="processes stopped, databases dropped"
+        ) as tmp:
+            for i in range(1, opts.runs + 1):
+                run_dir = tmp / f"run{i}"
+                run_dir.mkdir()
+                print(f"run {i}/{opts.runs}: empty gRPC ceiling", file=sys.stderr)
+                run: dict[str, Any] = {
+                    "empty_grpc": empty_grpc_ceiling(opts, run_dir),
+                    "backends": {},
+                }
+                for backend in backends:
+                    print(f"run {i}/{opts.runs}: {backend}", file=sys.stderr)
+                    run["backends"][backend] = run_backend(opts, backend, run_dir)
+                runs.append(run)
     except BenchError as e:
         print(f"benchmark failed: {e}", file=sys.stderr)
         return 2
-    except (KeyboardInterrupt, SystemExit):
-        print("interrupted: processes stopped, databases dropped", file=sys.stderr)
-        raise
-    finally:
-        if opts.keep_tmp:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     summary = summarize(runs, backends)
     failed = checks(summary, backends, opts)

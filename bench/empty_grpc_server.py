@@ -11,13 +11,11 @@ Prints ``empty gRPC server listening on HOST:PORT`` on stderr and serves until S
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from concurrent import futures
-from types import FrameType
 
 import grpc
+from benchlib import stop_event_on_signals
 
 from orchestrator.api._generated import payments_pb2 as pb
 from orchestrator.api._generated import payments_pb2_grpc
@@ -36,13 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=64)
     args = parser.parse_args(argv)
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_event_on_signals()
 
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=args.workers, thread_name_prefix="grpc"),

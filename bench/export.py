@@ -27,10 +27,8 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -51,6 +49,7 @@ from create_payment import (
     measurable_backends,
     print_verdicts,
     render,
+    scratch_dir,
     wait_until_quiet,
     with_dbname,
     write_results,
@@ -786,31 +785,28 @@ def main(argv: list[str] | None = None) -> int:
     if skipped:
         return 2
 
-    tmp = Path(tempfile.mkdtemp(prefix="payorch-bench-export-"))
     run: dict[str, Any] = {"sizes": {}}
     try:
-        print("empty store", file=sys.stderr)
-        run["empty"] = empty_store_exports(opts, tmp)
-        reference = reference_profile(opts)
-        run["reference_store"] = reference
-        for size in opts.sizes:
-            store = prepare_store(opts, size, reference)
-            url = store["database"]
-            result: dict[str, Any] = {"store": store, "table": table_counts(url)}
-            result["copy"] = copy_floor(opts, url, size)
-            result["export"] = export_all(opts, url, str(size), tmp)
-            run["sizes"][str(size)] = result
+        with scratch_dir(
+            "payorch-bench-export-",
+            keep=opts.load.keep_tmp,
+            interrupted="export stopped, temporary files removed",
+        ) as tmp:
+            print("empty store", file=sys.stderr)
+            run["empty"] = empty_store_exports(opts, tmp)
+            reference = reference_profile(opts)
+            run["reference_store"] = reference
+            for size in opts.sizes:
+                store = prepare_store(opts, size, reference)
+                url = store["database"]
+                result: dict[str, Any] = {"store": store, "table": table_counts(url)}
+                result["copy"] = copy_floor(opts, url, size)
+                result["export"] = export_all(opts, url, str(size), tmp)
+                run["sizes"][str(size)] = result
     except BenchError as e:
         print(f"benchmark failed: {e}", file=sys.stderr)
         return 2
-    except (KeyboardInterrupt, SystemExit):
-        print("interrupted: export stopped, temporary files removed", file=sys.stderr)
-        raise
     finally:
-        if opts.load.keep_tmp:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
         if opts.drop:
             for size in opts.sizes:
                 _admin(opts, f'DROP DATABASE IF EXISTS "{database_name(size)}" WITH (FORCE)')

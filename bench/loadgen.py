@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from benchlib import CpuSnapshot, cpu_cores, cpu_snapshot, nearest_rank
+from benchlib import CpuSnapshot, cpu_cores, cpu_snapshot, label_pairs, nearest_rank
 
 from orchestrator.api._generated import payments_pb2 as pb
 from orchestrator.api._generated import payments_pb2_grpc
@@ -84,8 +84,8 @@ class KeySource:
 
 
 async def run_load(args: argparse.Namespace, replay_keys: list[str]) -> dict[str, Any]:
-    watch = {label: int(pid) for label, pid in _pairs(args.watch).items()}
-    watch_comm = _pairs(args.watch_comm)
+    watch = {label: int(pid) for label, pid in label_pairs(args.watch).items()}
+    watch_comm = label_pairs(args.watch_comm)
     tally = Tally()
     keys = KeySource(args.mode, replay_keys)
     get_request = pb.GetPaymentRequest()
@@ -167,16 +167,6 @@ async def run_load(args: argparse.Namespace, replay_keys: list[str]) -> dict[str
         "keys_created": len(tally.created_keys),
         "cpu_cores": cpu_cores(snapshots[0], snapshots[1], "loadgen"),
     }
-
-
-def _pairs(items: list[str]) -> dict[str, str]:
-    pairs: dict[str, str] = {}
-    for text in items:
-        label, sep, value = text.partition("=")
-        if not sep or not label or not value:
-            raise SystemExit(f"expected LABEL=VALUE, got {text!r}")
-        pairs[label] = value
-    return pairs
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,11 +32,9 @@ import json
 import logging
 import os
 import shlex
-import shutil
 import socket
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -60,6 +58,7 @@ from create_payment import (
     load,
     print_verdicts,
     render,
+    scratch_dir,
     stored_events,
     wait_serving,
     wait_until_quiet,
@@ -848,32 +847,26 @@ def main(argv: list[str] | None = None) -> int:
 
     exit_on_sigterm()
 
-    tmp = Path(tempfile.mkdtemp(prefix="payorch-bench-resilience-"))
     runs: list[dict[str, Any]] = []
     try:
-        for i in range(1, opts.load.runs + 1):
-            run_dir = tmp / f"run{i}"
-            run_dir.mkdir()
-            run: dict[str, Any] = {"order": list(VARIANTS), "throughput": {}}
-            for variant in VARIANTS:  # bare first, then resilient, in every run
-                print(f"run {i}/{opts.load.runs}: {variant}", file=sys.stderr)
-                run["throughput"][variant] = run_variant(opts, variant, run_dir / variant)
-            print(f"run {i}/{opts.load.runs}: fail-fast", file=sys.stderr)
-            run["fail_fast"] = fail_fast(opts, run_dir / "fail-fast")
-            print(f"run {i}/{opts.load.runs}: in-process rejections", file=sys.stderr)
-            run["rejection"] = rejection_cost(opts)
-            runs.append(run)
+        with scratch_dir(
+            "payorch-bench-resilience-", keep=opts.load.keep_tmp, interrupted="processes stopped"
+        ) as tmp:
+            for i in range(1, opts.load.runs + 1):
+                run_dir = tmp / f"run{i}"
+                run_dir.mkdir()
+                run: dict[str, Any] = {"order": list(VARIANTS), "throughput": {}}
+                for variant in VARIANTS:  # bare first, then resilient, in every run
+                    print(f"run {i}/{opts.load.runs}: {variant}", file=sys.stderr)
+                    run["throughput"][variant] = run_variant(opts, variant, run_dir / variant)
+                print(f"run {i}/{opts.load.runs}: fail-fast", file=sys.stderr)
+                run["fail_fast"] = fail_fast(opts, run_dir / "fail-fast")
+                print(f"run {i}/{opts.load.runs}: in-process rejections", file=sys.stderr)
+                run["rejection"] = rejection_cost(opts)
+                runs.append(run)
     except BenchError as e:
         print(f"benchmark failed: {e}", file=sys.stderr)
         return 2
-    except (KeyboardInterrupt, SystemExit):
-        print("interrupted: processes stopped", file=sys.stderr)
-        raise
-    finally:
-        if opts.load.keep_tmp:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     summary = summarize(runs)
     summary["runs"] = [run["order"] for run in runs]

@@ -36,10 +36,8 @@ import re
 import secrets
 import shlex
 import shutil
-import signal
 import sqlite3
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -49,11 +47,18 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import FrameType
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from benchlib import CpuSnapshot, add_machine_arguments, cpu_cores, cpu_snapshot, nearest_rank
+from benchlib import (
+    CpuSnapshot,
+    add_machine_arguments,
+    cpu_cores,
+    cpu_snapshot,
+    label_pairs,
+    nearest_rank,
+    stop_event_on_signals,
+)
 from create_payment import _PAYORCH_LISTENING as PAYORCH_LISTENING
 from create_payment import _SANDBOX_LISTENING as SANDBOX_LISTENING
 from create_payment import (
@@ -69,6 +74,7 @@ from create_payment import (
     print_verdicts,
     render,
     run_json,
+    scratch_dir,
     wait_serving,
     wait_until_quiet,
     write_results,
@@ -227,8 +233,8 @@ class Tally:
 async def run_load(args: argparse.Namespace, deliveries: Deliveries) -> dict[str, Any]:
     import httpx
 
-    watch = {label: int(pid) for label, pid in _pairs(args.watch).items()}
-    watch_comm = _pairs(args.watch_comm)
+    watch = {label: int(pid) for label, pid in label_pairs(args.watch).items()}
+    watch_comm = label_pairs(args.watch_comm)
     tally = Tally()
     numbers = itertools.count()
     counting = args.mode == "count"
@@ -347,16 +353,6 @@ async def run_load(args: argparse.Namespace, deliveries: Deliveries) -> dict[str
     }
 
 
-def _pairs(items: list[str]) -> dict[str, str]:
-    pairs: dict[str, str] = {}
-    for text in items:
-        label, sep, value = text.partition("=")
-        if not sep or not label or not value:
-            raise SystemExit(f"expected LABEL=VALUE, got {text!r}")
-        pairs[label] = value
-    return pairs
-
-
 def loadgen_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="webhooks.py loadgen",
@@ -422,13 +418,7 @@ def empty_http_main(argv: list[str]) -> int:
     )
     parser.add_argument("--listen", default="127.0.0.1:0", help="port 0 picks a free one")
     args = parser.parse_args(argv)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_event_on_signals()
     host, _, port = args.listen.rpartition(":")
     server = PayorchHTTPServer((host or "127.0.0.1", int(port)), EmptyHandler)
     thread = threading.Thread(
@@ -1267,28 +1257,24 @@ def main(argv: list[str] | None = None) -> int:
         print("no backend left to measure", file=sys.stderr)
         return 2
 
-    tmp = Path(tempfile.mkdtemp(prefix="payorch-bench-webhooks-"))
     run: dict[str, Any] = {"backends": {}}
     try:
-        inputs: Inputs | None = None
-        for backend in backends:
-            print(f"{backend}: starting", file=sys.stderr)
-            run["backends"][backend], backend_inputs = run_backend(opts, backend, tmp)
-            inputs = inputs or backend_inputs
-        assert inputs is not None
-        print("empty HTTP ceiling", file=sys.stderr)  # the same deliveries, the same client
-        run["empty_http"] = empty_http_ceiling(opts, tmp, inputs)
+        with scratch_dir(
+            "payorch-bench-webhooks-",
+            keep=lo.keep_tmp,
+            interrupted="processes stopped, databases dropped",
+        ) as tmp:
+            inputs: Inputs | None = None
+            for backend in backends:
+                print(f"{backend}: starting", file=sys.stderr)
+                run["backends"][backend], backend_inputs = run_backend(opts, backend, tmp)
+                inputs = inputs or backend_inputs
+            assert inputs is not None
+            print("empty HTTP ceiling", file=sys.stderr)  # the same deliveries, the same client
+            run["empty_http"] = empty_http_ceiling(opts, tmp, inputs)
     except BenchError as e:
         print(f"benchmark failed: {e}", file=sys.stderr)
         return 2
-    except (KeyboardInterrupt, SystemExit):
-        print("interrupted: processes stopped, databases dropped", file=sys.stderr)
-        raise
-    finally:
-        if lo.keep_tmp:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     summary = summarize(run, backends)
     failed = checks(summary, backends, opts)
