@@ -453,10 +453,7 @@ class Payments(Application[UUID]):
             changed: list[Any] = [payment]
             if found is not None:
                 changed.extend(apply_outcome(payment, op, found, "", caused_by=RecoveryCause()))
-                record = self.find_command(command_id(op.scope, op.idempotency_key))
-                if record is not None and not record.completed:
-                    record.complete(payment_version=payment.version, in_doubt=False)
-                    changed.append(record)
+                changed.extend(self.complete_waiting_command(payment, op))
                 self.recovery_stats.add("resolved")
             else:
                 payment.record_still_unknown(
@@ -480,6 +477,15 @@ class Payments(Application[UUID]):
         return self.get_payment(record.payment_id)
 
     # --- replaying a known command --------------------------------------------------------
+
+    def complete_waiting_command(self, payment: Payment, op: Operation) -> list[CommandRecord]:
+        """The command that started ``op``, completed at the payment's version now that its
+        outcome is known (to be saved with the payment); nothing if it already completed."""
+        record = self.find_command(command_id(op.scope, op.idempotency_key))
+        if record is None or record.completed:
+            return []
+        record.complete(payment_version=payment.version, in_doubt=False)
+        return [record]
 
     def find_command(self, cid: UUID) -> CommandRecord | None:
         try:

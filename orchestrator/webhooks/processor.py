@@ -17,14 +17,12 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Tracking
 from eventsourcing.utils import get_topic
 
-from orchestrator.application import Payments, learned_reference
-from orchestrator.domain.command import Command as CommandRecord
-from orchestrator.domain.command import command_id
+from orchestrator.application import Payments, apply_outcome
 from orchestrator.domain.errors import PaymentNotFound
 from orchestrator.domain.payment import IN_DOUBT, Kind, Operation, Payment, ProviderEventCause
 from orchestrator.domain.reference import ProviderReference, reference_id
 from orchestrator.domain.webhook import WebhookDelivery
-from orchestrator.ports import WebhookKind
+from orchestrator.ports import OutcomeStatus, ProviderOutcome, WebhookKind
 from orchestrator.worker import BackgroundLoop
 
 log = logging.getLogger("payorch.webhooks")
@@ -154,9 +152,10 @@ def _effect(
     if op is None:
         return "no matching operation", []
     if op.status in IN_DOUBT:
-        authorized_before = payment.authorized
-        _resolve(payment, op, delivery, kind)
-        changed = [*learned_reference(payment, authorized_before), *_complete(app, payment, op)]
+        learned = apply_outcome(
+            payment, op, _outcome(op, delivery, kind), "", caused_by=_cause(delivery)
+        )
+        changed = [*learned, *app.complete_waiting_command(payment, op)]
         return f"resolved operation {op.sequence}", changed
     if kind in (WebhookKind.CAPTURE_FAILED, WebhookKind.REFUND_FAILED) and payment.reverse(
         op.sequence,
@@ -197,38 +196,20 @@ def _operation(payment: Payment, delivery: WebhookDelivery, kind: Kind) -> Opera
     return in_doubt if in_doubt is not None and in_doubt.kind is kind else None
 
 
-def _resolve(payment: Payment, op: Operation, delivery: WebhookDelivery, kind: WebhookKind) -> None:
+def _outcome(op: Operation, delivery: WebhookDelivery, kind: WebhookKind) -> ProviderOutcome:
+    """What the webhook says of the operation, as a provider call would have answered."""
     if kind in _SUCCEEDED:
-        amount = op.amount if op.kind is not Kind.CANCEL else 0
-        payment.record_success(
-            op.sequence,
-            provider_reference=delivery.provider_reference or op.provider_reference,
-            amount=amount,
-            caused_by=_cause(delivery),
+        reference = delivery.provider_reference or op.provider_reference
+        return ProviderOutcome(
+            OutcomeStatus.SUCCEEDED, provider_reference=reference, captured_amount=op.amount
         )
-    elif delivery.decline_code:
-        payment.record_decline(
-            op.sequence,
-            decline_code=delivery.decline_code,
-            message=delivery.message,
-            caused_by=_cause(delivery),
+    if delivery.decline_code:
+        return ProviderOutcome(
+            OutcomeStatus.DECLINED, decline_code=delivery.decline_code, message=delivery.message
         )
-    else:
-        payment.record_failure(
-            op.sequence,
-            message=delivery.message or "failed at the provider",
-            caused_by=_cause(delivery),
-        )
+    return ProviderOutcome(OutcomeStatus.FAILED, message=delivery.message)
 
 
 def _cause(delivery: WebhookDelivery) -> ProviderEventCause:
     """What the payment's events record as their cause: the provider's own event."""
     return ProviderEventCause(delivery.verified_by, delivery.event_id)
-
-
-def _complete(app: Payments, payment: Payment, op: Operation) -> list[CommandRecord]:
-    record = app.find_command(command_id(op.scope, op.idempotency_key))
-    if record is None or record.completed:
-        return []
-    record.complete(payment_version=payment.version, in_doubt=False)
-    return [record]
