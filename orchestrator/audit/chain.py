@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,8 @@ from psycopg.sql import SQL, Identifier
 KEY_VARIABLE = "PAYORCH_AUDIT_CHAIN_KEY"
 KEY_FILE_VARIABLE = "PAYORCH_AUDIT_CHAIN_KEY_FILE"
 GENESIS = bytes(32)  # the "previous hash" of the first link
+# A link (c) and the event it chains (e).
+_JOIN = "ON e.originator_id = c.originator_id AND e.originator_version = c.originator_version"
 PAGE = 2000
 
 
@@ -94,42 +96,93 @@ def _as_uuid(value: Any) -> UUID:
     return value if isinstance(value, UUID) else UUID(str(value))
 
 
-def _new_links(
-    key: bytes, head_seq: int, head_hash: bytes, stored_events: Sequence[StoredEvent]
-) -> list[tuple[int, UUID, int, bytes, bytes]]:
-    rows = []
-    seq, previous = head_seq, head_hash
-    for event in stored_events:
-        oid = _as_uuid(event.originator_id)
-        digest = content_digest(oid, event.originator_version, event.topic, event.state)
-        seq, previous = seq + 1, link_hash(key, previous, digest)
-        rows.append((seq, oid, event.originator_version, digest, previous))
-    return rows
+@dataclass(frozen=True)
+class ChainStatements:
+    """The chain's SQL in one database's dialect. Every reading statement names the event's
+    place in the log ``position``; the paged ones end with a keyset and a LIMIT."""
+
+    head: Any  # the newest link: seq, hash
+    insert_link: Any  # seq, originator_id, originator_version, digest, hash
+    link_at: Any  # hash of the link with seq = ?
+    links: Any  # links after seq ? up to seq ?, with their events (or NULLs: gone)
+    unchained: Any  # events after position ? that no link names
+    by_aggregate: Any  # events after (originator_id, originator_version) ?
 
 
 class ChainedRecorder:
-    """What ``audit verify`` reads from a chained store, whatever the database."""
+    """The chain, written with every save and read by ``audit verify``, whatever the
+    database: the dialects give their statements, how they run one, and how they store ids."""
 
     chain_key: bytes
+    chain_sql: ChainStatements
+    lowest_id: Any  # below every stored originator id, where a walk by aggregate starts
+
+    def _rows(self, statement: Any, params: Sequence[Any] = ()) -> list[Any]:
+        raise NotImplementedError
+
+    def _stored_id(self, originator_id: UUID) -> Any:
+        raise NotImplementedError
+
+    def _append_links(self, cursor: Any, stored_events: Sequence[StoredEvent]) -> None:
+        """Inside the events' transaction, with no other writer able to move the head."""
+        cursor.execute(self.chain_sql.head)
+        row = cursor.fetchone()
+        seq, previous = (row["seq"], bytes(row["hash"])) if row else (0, GENESIS)
+        links = []
+        for event in stored_events:
+            oid = _as_uuid(event.originator_id)
+            digest = content_digest(oid, event.originator_version, event.topic, event.state)
+            seq, previous = seq + 1, link_hash(self.chain_key, previous, digest)
+            links.append((seq, self._stored_id(oid), event.originator_version, digest, previous))
+        cursor.executemany(self.chain_sql.insert_link, links)
 
     def chain_head(self) -> tuple[int, bytes]:
-        raise NotImplementedError
-
-    def links(self, after: int, upto: int) -> Iterator[Link]:
-        raise NotImplementedError
+        rows = self._rows(self.chain_sql.head)
+        return (rows[0]["seq"], bytes(rows[0]["hash"])) if rows else (0, GENESIS)
 
     def link_at(self, seq: int) -> bytes | None:
-        raise NotImplementedError
+        rows = self._rows(self.chain_sql.link_at, (seq,))
+        return bytes(rows[0]["hash"]) if rows else None
+
+    def links(self, after: int, upto: int) -> Iterator[Link]:
+        rows = self._pages(self.chain_sql.links, (after,), lambda r: (r["seq"],), extra=(upto,))
+        for row in rows:
+            yield _link(row, _as_uuid(row["originator_id"]))
 
     def unchained(self) -> Iterator[Unchained]:
-        raise NotImplementedError
+        for row in self._pages(self.chain_sql.unchained, (0,), lambda r: (r["position"],)):
+            yield Unchained(row["position"], _stored(row, _as_uuid(row["originator_id"])))
 
     def events_by_aggregate(self) -> Iterator[tuple[int, StoredEvent]]:
         """Every stored event with its position, by aggregate id then version, streamed."""
-        raise NotImplementedError
+        rows = self._pages(
+            self.chain_sql.by_aggregate,
+            (self.lowest_id, 0),
+            lambda r: (r["originator_id"], r["originator_version"]),
+        )
+        for row in rows:
+            yield row["position"], _stored(row, _as_uuid(row["originator_id"]))
+
+    def _pages(
+        self,
+        statement: Any,
+        after: tuple[Any, ...],
+        key: Callable[[Any], tuple[Any, ...]],
+        *,
+        extra: tuple[Any, ...] = (),
+    ) -> Iterator[Any]:
+        """The rows of a keyset-paged statement, a page at a time: constant memory."""
+        while True:
+            rows = self._rows(statement, (*after, *extra, PAGE))
+            yield from rows
+            if len(rows) < PAGE:
+                return
+            after = key(rows[-1])
 
 
 class ChainedSQLiteRecorder(SQLiteProcessRecorder, ChainedRecorder):
+    lowest_id = ""
+
     def __init__(
         self, datastore: SQLiteDatastore, *, events_table_name: str = "stored_events"
     ) -> None:
@@ -137,24 +190,24 @@ class ChainedSQLiteRecorder(SQLiteProcessRecorder, ChainedRecorder):
         self.chain_key = chain_key()
         # Table names come from eventsourcing's settings, never from input (hence noqa S608).
         chain, events = self.chain_table_name, self.events_table_name
-        self._head_sql = f"SELECT seq, hash FROM {chain} ORDER BY seq DESC LIMIT 1"  # noqa: S608
-        self._insert_link_sql = f"INSERT INTO {chain} VALUES (?, ?, ?, ?, ?)"  # noqa: S608
-        self._link_at_sql = f"SELECT hash FROM {chain} WHERE seq = ?"  # noqa: S608
-        self._links_sql = (
-            "SELECT c.seq, c.originator_id, c.originator_version, c.digest, c.hash, "  # noqa: S608
-            f"e.rowid AS position, e.topic, e.state FROM {chain} c LEFT JOIN {events} e "
-            "ON e.originator_id = c.originator_id AND e.originator_version = c.originator_version "
-            "WHERE c.seq > ? AND c.seq <= ? ORDER BY c.seq LIMIT ?"
-        )
-        self._unchained_sql = (
-            f"SELECT e.rowid AS position, e.* FROM {events} e LEFT JOIN {chain} c "  # noqa: S608
-            "ON e.originator_id = c.originator_id AND e.originator_version = c.originator_version "
-            "WHERE c.seq IS NULL AND e.rowid > ? ORDER BY e.rowid LIMIT ?"
-        )
-        self._by_aggregate_sql = (
-            f"SELECT rowid AS position, * FROM {events} "  # noqa: S608
-            "WHERE (originator_id, originator_version) > (?, ?) "
-            "ORDER BY originator_id, originator_version LIMIT ?"
+        self.chain_sql = ChainStatements(
+            head=f"SELECT seq, hash FROM {chain} ORDER BY seq DESC LIMIT 1",  # noqa: S608
+            insert_link=f"INSERT INTO {chain} VALUES (?, ?, ?, ?, ?)",  # noqa: S608
+            link_at=f"SELECT hash FROM {chain} WHERE seq = ?",  # noqa: S608
+            links=(
+                "SELECT c.seq, c.originator_id, c.originator_version, c.digest, c.hash, "  # noqa: S608
+                f"e.rowid AS position, e.topic, e.state FROM {chain} c LEFT JOIN {events} e "
+                f"{_JOIN} WHERE c.seq > ? AND c.seq <= ? ORDER BY c.seq LIMIT ?"
+            ),
+            unchained=(
+                f"SELECT e.rowid AS position, e.* FROM {events} e LEFT JOIN {chain} c "  # noqa: S608
+                f"{_JOIN} WHERE c.seq IS NULL AND e.rowid > ? ORDER BY e.rowid LIMIT ?"
+            ),
+            by_aggregate=(
+                f"SELECT rowid AS position, * FROM {events} "  # noqa: S608
+                "WHERE (originator_id, originator_version) > (?, ?) "
+                "ORDER BY originator_id, originator_version LIMIT ?"
+            ),
         )
 
     @property
@@ -178,62 +231,21 @@ class ChainedSQLiteRecorder(SQLiteProcessRecorder, ChainedRecorder):
         # next is the head, and no other writer extends the chain before this commits.
         returning = super()._insert_events(c, stored_events, **kwargs)
         if stored_events:
-            c.execute(self._head_sql)
-            row = c.fetchone()
-            head = (row["seq"], bytes(row["hash"])) if row else (0, GENESIS)
-            rows = _new_links(self.chain_key, head[0], head[1], stored_events)
-            c.executemany(
-                self._insert_link_sql,
-                [(s, oid.hex, v, d, h) for s, oid, v, d, h in rows],
-            )
+            self._append_links(c, stored_events)
         return returning
 
-    # --- reading, for verify ----------------------------------------------------------
-
-    def _rows(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
+    def _rows(self, statement: Any, params: Sequence[Any] = ()) -> list[Any]:
         with self.datastore.transaction(commit=False) as c:
             c.execute(statement, params)
             return list(c.fetchall())
 
-    def chain_head(self) -> tuple[int, bytes]:
-        rows = self._rows(self._head_sql)
-        return (rows[0]["seq"], bytes(rows[0]["hash"])) if rows else (0, GENESIS)
-
-    def link_at(self, seq: int) -> bytes | None:
-        rows = self._rows(self._link_at_sql, (seq,))
-        return bytes(rows[0]["hash"]) if rows else None
-
-    def links(self, after: int, upto: int) -> Iterator[Link]:
-        while True:
-            rows = self._rows(self._links_sql, (after, upto, PAGE))
-            for row in rows:
-                yield _link(row, UUID(row["originator_id"]))
-            if len(rows) < PAGE:
-                return
-            after = rows[-1]["seq"]
-
-    def unchained(self) -> Iterator[Unchained]:
-        after = 0
-        while True:
-            rows = self._rows(self._unchained_sql, (after, PAGE))
-            for row in rows:
-                yield Unchained(row["position"], _stored(row, UUID(row["originator_id"])))
-            if len(rows) < PAGE:
-                return
-            after = rows[-1]["position"]
-
-    def events_by_aggregate(self) -> Iterator[tuple[int, StoredEvent]]:
-        after: tuple[str, int] = ("", 0)
-        while True:
-            rows = self._rows(self._by_aggregate_sql, (*after, PAGE))
-            for row in rows:
-                yield row["position"], _stored(row, UUID(row["originator_id"]))
-            if len(rows) < PAGE:
-                return
-            after = (rows[-1]["originator_id"], rows[-1]["originator_version"])
+    def _stored_id(self, originator_id: UUID) -> str:
+        return originator_id.hex  # as eventsourcing's SQLite recorder stores it
 
 
 class ChainedPostgresRecorder(PostgresProcessRecorder, ChainedRecorder):
+    lowest_id = UUID(int=0)
+
     def __init__(
         self,
         datastore: PostgresDatastore,
@@ -248,11 +260,36 @@ class ChainedPostgresRecorder(PostgresProcessRecorder, ChainedRecorder):
             datastore, events_table_name=events_table_name, tracking_table_name=tracking_table_name
         )
         self.chain_key = chain_key()
-        self.chain_table = SQL("{}.{}").format(
-            Identifier(datastore.schema), Identifier(f"{events_table_name}_chain")
-        )
-        self.events_table = SQL("{}.{}").format(
-            Identifier(datastore.schema), Identifier(events_table_name)
+        names = {
+            "chain": SQL("{}.{}").format(
+                Identifier(datastore.schema), Identifier(f"{events_table_name}_chain")
+            ),
+            "events": SQL("{}.{}").format(
+                Identifier(datastore.schema), Identifier(events_table_name)
+            ),
+            "id_type": Identifier(datastore.originator_id_type),
+            "join": SQL(_JOIN),
+        }
+        self.chain_sql = ChainStatements(
+            head=SQL("SELECT seq, hash FROM {chain} ORDER BY seq DESC LIMIT 1").format(**names),
+            insert_link=SQL("INSERT INTO {chain} VALUES (%s, %s, %s, %s, %s)").format(**names),
+            link_at=SQL("SELECT hash FROM {chain} WHERE seq = %s").format(**names),
+            links=SQL(
+                "SELECT c.seq, c.originator_id, c.originator_version, c.digest, c.hash, "
+                "e.notification_id AS position, e.topic, e.state "
+                "FROM {chain} c LEFT JOIN {events} e {join} "
+                "WHERE c.seq > %s AND c.seq <= %s ORDER BY c.seq LIMIT %s"
+            ).format(**names),
+            unchained=SQL(
+                "SELECT e.notification_id AS position, e.* FROM {events} e "
+                "LEFT JOIN {chain} c {join} WHERE c.seq IS NULL AND e.notification_id > %s "
+                "ORDER BY e.notification_id LIMIT %s"
+            ).format(**names),
+            by_aggregate=SQL(
+                "SELECT notification_id AS position, * FROM {events} "
+                "WHERE (originator_id, originator_version) > (%s, %s) "
+                "ORDER BY originator_id, originator_version LIMIT %s"
+            ).format(**names),
         )
         self.sql_create_statements.append(
             SQL(
@@ -260,7 +297,7 @@ class ChainedPostgresRecorder(PostgresProcessRecorder, ChainedRecorder):
                 "seq bigint PRIMARY KEY, originator_id {id_type} NOT NULL, "
                 "originator_version bigint NOT NULL, digest bytea NOT NULL, hash bytea NOT NULL, "
                 "UNIQUE (originator_id, originator_version))"
-            ).format(chain=self.chain_table, id_type=Identifier(datastore.originator_id_type))
+            ).format(**names)
         )
 
     def _insert_events(
@@ -271,81 +308,16 @@ class ChainedPostgresRecorder(PostgresProcessRecorder, ChainedRecorder):
         # every writer of the events table waits for it, so the chain cannot fork.
         if stored_events:
             self._lock_table(curs)
-            curs.execute(SQL("SELECT seq, hash FROM {} ORDER BY seq DESC LIMIT 1").format(
-                self.chain_table
-            ))  # fmt: skip
-            row = curs.fetchone()
-            head = (row["seq"], bytes(row["hash"])) if row else (0, GENESIS)
-            curs.executemany(
-                SQL("INSERT INTO {} VALUES (%s, %s, %s, %s, %s)").format(self.chain_table),
-                _new_links(self.chain_key, head[0], head[1], stored_events),
-            )
+            self._append_links(curs, stored_events)
         super()._insert_events(curs, stored_events, **kwargs)
 
-    # --- reading, for verify ----------------------------------------------------------
-
-    def _rows(self, statement: Any, params: Sequence[Any] = ()) -> list[DictRow]:
+    def _rows(self, statement: Any, params: Sequence[Any] = ()) -> list[Any]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(statement, params)
             return curs.fetchall()
 
-    def chain_head(self) -> tuple[int, bytes]:
-        rows = self._rows(
-            SQL("SELECT seq, hash FROM {} ORDER BY seq DESC LIMIT 1").format(self.chain_table)
-        )
-        return (rows[0]["seq"], bytes(rows[0]["hash"])) if rows else (0, GENESIS)
-
-    def link_at(self, seq: int) -> bytes | None:
-        rows = self._rows(
-            SQL("SELECT hash FROM {} WHERE seq = %s").format(self.chain_table), (seq,)
-        )
-        return bytes(rows[0]["hash"]) if rows else None
-
-    def links(self, after: int, upto: int) -> Iterator[Link]:
-        statement = SQL(
-            "SELECT c.seq, c.originator_id, c.originator_version, c.digest, c.hash, "
-            "e.notification_id AS position, e.topic, e.state "
-            "FROM {chain} c LEFT JOIN {events} e ON e.originator_id = c.originator_id "
-            "AND e.originator_version = c.originator_version "
-            "WHERE c.seq > %s AND c.seq <= %s ORDER BY c.seq LIMIT %s"
-        ).format(chain=self.chain_table, events=self.events_table)
-        while True:
-            rows = self._rows(statement, (after, upto, PAGE))
-            for row in rows:
-                yield _link(row, _as_uuid(row["originator_id"]))
-            if len(rows) < PAGE:
-                return
-            after = rows[-1]["seq"]
-
-    def unchained(self) -> Iterator[Unchained]:
-        statement = SQL(
-            "SELECT e.* FROM {events} e LEFT JOIN {chain} c "
-            "ON e.originator_id = c.originator_id AND e.originator_version = c.originator_version "
-            "WHERE c.seq IS NULL AND e.notification_id > %s ORDER BY e.notification_id LIMIT %s"
-        ).format(chain=self.chain_table, events=self.events_table)
-        after = 0
-        while True:
-            rows = self._rows(statement, (after, PAGE))
-            for row in rows:
-                oid = _as_uuid(row["originator_id"])
-                yield Unchained(row["notification_id"], _stored(row, oid))
-            if len(rows) < PAGE:
-                return
-            after = rows[-1]["notification_id"]
-
-    def events_by_aggregate(self) -> Iterator[tuple[int, StoredEvent]]:
-        statement = SQL(
-            "SELECT * FROM {events} WHERE (originator_id, originator_version) > (%s, %s) "
-            "ORDER BY originator_id, originator_version LIMIT %s"
-        ).format(events=self.events_table)
-        after: tuple[UUID, int] = (UUID(int=0), 0)
-        while True:
-            rows = self._rows(statement, (*after, PAGE))
-            for row in rows:
-                yield row["notification_id"], _stored(row, _as_uuid(row["originator_id"]))
-            if len(rows) < PAGE:
-                return
-            after = (_as_uuid(rows[-1]["originator_id"]), rows[-1]["originator_version"])
+    def _stored_id(self, originator_id: UUID) -> UUID:
+        return originator_id
 
 
 def _stored(row: Any, originator_id: UUID) -> StoredEvent:

@@ -303,3 +303,19 @@ def test_an_edited_command_record_is_named_as_a_command(
     store.set_state(cid, 1, store.state(cid, 1).replace(b"capture-1", b"capture-9"))
     assert run_verify(database_url) == 1
     assert f"CHANGED        Command {cid} version 1 (link " in capsys.readouterr().out
+
+
+def test_verify_reads_the_log_a_page_at_a_time_and_misses_nothing(
+    app: Payments, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import orchestrator.audit.chain
+
+    manual, _, _ = a_few_payments(app)
+    store = Store(database_url)
+    store.delete(store.events, manual.id, 6)
+    whole = verify(app.recorder, app.mapper)  # type: ignore[arg-type]
+    monkeypatch.setattr(orchestrator.audit.chain, "PAGE", 3)
+    paged = verify(app.recorder, app.mapper)  # type: ignore[arg-type]
+    assert (paged.events, paged.links, paged.payments) == (whole.events, whole.links, 3)
+    assert paged.findings == whole.findings
+    assert [f.kind for f in paged.findings] == ["deleted", "version-gap"]
