@@ -142,6 +142,20 @@ class Payments(Application[UUID]):
         )
         return [(n.id, self.mapper.to_domain_event(n)) for n in page]
 
+    def event_pages(
+        self, *, page: int = 1000
+    ) -> Iterator[list[tuple[int, DomainEventProtocol[UUID]]]]:
+        """Every payment event of every payment in commit order, a page at a time, each with
+        its position: how the audit tools read the whole log in constant memory. The last
+        page is short, maybe empty."""
+        position = 0
+        while True:
+            batch = self.events_after(position, limit=page)
+            yield batch
+            if len(batch) < page:
+                return
+            position = batch[-1][0]
+
     def payment_events(self, payment_id: str) -> Iterator[DomainEventProtocol[UUID]]:
         payment = self.get_payment(payment_id)
         yield from self.events.get(payment.id, lte=payment.version)

@@ -85,14 +85,11 @@ def iter_records(
     """The log's records in commit order. Commit order is not time order (events are stamped
     before their transaction commits), so the whole log is read whatever the window."""
     position = 0
-    while True:
-        batch = app.events_after(position, limit=page)
+    for batch in app.event_pages(page=page):
         for position, event in batch:
             if window.contains(event_timestamp(event)):
                 yield AuditRecord.from_event(position, event)
         on_page(position)
-        if len(batch) < page:
-            return
 
 
 @contextlib.contextmanager

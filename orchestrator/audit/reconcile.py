@@ -142,13 +142,9 @@ class _Payment:
 def our_movements(app: Payments, provider: str, *, page: int = PAGE) -> Iterator[Movement]:
     """The movements our log records at ``provider``, in commit order."""
     replay = _Replay(provider)
-    position = 0
-    while True:
-        batch = app.events_after(position, limit=page)
+    for batch in app.event_pages(page=page):
         for position, event in batch:
             yield from replay.movements(event, position)
-        if len(batch) < page:
-            return
 
 
 class _Replay:
