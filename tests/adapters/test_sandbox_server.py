@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import socket
 import ssl
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,8 +14,8 @@ import pytest
 
 from adapters.sandbox import SandboxServer, start_sandbox
 from adapters.sandbox.server import parse_listen
+from tests.adapters.sandbox_process import sandbox_process, stderr_until
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 # building an SSL context per client costs ~80 ms; these clients only speak plain HTTP anyway
 TLS = ssl.create_default_context()
 ID = {
@@ -162,34 +157,13 @@ def test_parse_listen_rejects_malformed_addresses(listen: str) -> None:
 
 
 def test_run_sandbox_serves_until_sigterm() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    script = (
-        "import logging; logging.basicConfig(level=logging.INFO);"
-        "from adapters.sandbox.server import run_sandbox;"
-        f"run_sandbox('127.0.0.1:{port}')"
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-c", script],
-        cwd=REPO_ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert process.stderr is not None
+    with sandbox_process() as (process, port):
         expected = f"listening on http://127.0.0.1:{port}"
-        seen: list[str] = []
-        while len(seen) < 5 and not any(expected in line for line in seen):
-            seen.append(process.stderr.readline())
+        seen = stderr_until(process, expected)
         assert any(expected in line for line in seen), seen
         assert httpx.get(f"http://127.0.0.1:{port}/_sandbox/ledger").json() == {"entries": []}
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=5) == 0
-    finally:
-        process.kill()
-        process.wait()
 
 
 # --- authorize ----------------------------------------------------------------------------

@@ -13,21 +13,17 @@ import hashlib
 import hmac
 import itertools
 import json
-import os
 import random
 import re
 import signal
 import socket
 import socketserver
 import ssl
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -36,8 +32,8 @@ import pytest
 from adapters.sandbox import SandboxServer
 from adapters.sandbox import server as sandbox_module
 from adapters.sandbox.server import WebhookSettings, run_sandbox
+from tests.adapters.sandbox_process import sandbox_process, stderr_until
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TLS = ssl.create_default_context()
 # the key of the official Standard Webhooks test vector (24 bytes)
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -733,26 +729,8 @@ def test_run_sandbox_needs_both_url_and_secret() -> None:
 
 
 def test_run_sandbox_sends_webhooks(receiver: Receiver) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    script = (
-        "import logging; logging.basicConfig(level=logging.INFO);"
-        "from adapters.sandbox.server import run_sandbox;"
-        f"run_sandbox('127.0.0.1:{port}', webhook_url={receiver.url!r}, webhook_secret={SECRET!r})"
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-c", script],
-        cwd=REPO_ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert process.stderr is not None
-        seen: list[str] = []
-        while len(seen) < 5 and not any("sending webhooks to" in line for line in seen):
-            seen.append(process.stderr.readline())
+    with sandbox_process(webhook_url=receiver.url, webhook_secret=SECRET) as (process, port):
+        seen = stderr_until(process, "sending webhooks to")
         assert any(receiver.url in line for line in seen), seen
         assert not any(SECRET.removeprefix("whsec_") in line for line in seen)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", verify=TLS) as http:
@@ -761,6 +739,3 @@ def test_run_sandbox_sends_webhooks(receiver: Receiver) -> None:
         assert event["type"] == "payment.authorized"
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=5) == 0
-    finally:
-        process.kill()
-        process.wait()
