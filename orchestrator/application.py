@@ -104,12 +104,19 @@ class Payments(Application[UUID]):
         router: Router,
         clock: Callable[[], datetime] = utc_now,
         sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+        new_owner: Callable[[], str] = lambda: uuid4().hex,
         recovery_schedule: Sequence[float] = DEFAULT_RECOVERY_SCHEDULE,
     ) -> None:
+        """``clock``, ``sleep``, ``monotonic`` (what callers' ``answer_by`` deadlines are
+        measured on) and ``new_owner`` (a command's owner token) are injectable, so that the
+        simulator (``tests/simulation``) runs the real code on simulated time and seeded ids."""
         super().__init__(env)
         self.router = router
         self.clock = clock
         self.sleep = sleep
+        self.monotonic = monotonic
+        self.new_owner = new_owner
         if not recovery_schedule:
             raise ValueError("the recovery schedule needs at least one step")
         self.recovery_schedule = tuple(recovery_schedule)
@@ -286,7 +293,7 @@ class Payments(Application[UUID]):
             name=cmd.name,
             fingerprint=fingerprint(cmd.name, cmd.parameters()),
             payment_id=payment_id,
-            owner=uuid4().hex,
+            owner=self.new_owner(),
             lease_until=op.deadline + LEASE_GRACE,
         )
 
@@ -310,7 +317,7 @@ class Payments(Application[UUID]):
             route = self.router.route(op.provider)
             budget = (op.deadline - self.clock()).total_seconds()
             if answer_by is not None:  # never past the caller's own deadline
-                budget = min(budget, answer_by - time.monotonic())
+                budget = min(budget, answer_by - self.monotonic())
             try:
                 if budget <= 0:
                     raise ProviderNotReached("not attempted: no time was left for the call")
@@ -542,7 +549,7 @@ class Payments(Application[UUID]):
                 # Its owner is gone (crashed mid-call): answer with the payment as recorded,
                 # its operation still in doubt. Never call the provider again from here.
                 return self.get_payment(record.payment_id)
-            if answer_by is not None and time.monotonic() + poll + _ANSWER_MARGIN >= answer_by:
+            if answer_by is not None and self.monotonic() + poll + _ANSWER_MARGIN >= answer_by:
                 retry_after = (record.lease_until - self.clock()).total_seconds()
                 raise RequestInProgress(cmd.idempotency_key, retry_after=max(retry_after, 0.1))
             self.sleep(poll)

@@ -55,7 +55,7 @@ class WebhookIntake:
         """Verifies and stores a delivery; ``WebhookRejected`` when it must not be stored."""
         name, events = self._verify(provider, headers, body)
         raw = base64.b64encode(body).decode()
-        received_at = datetime.now(UTC)
+        received_at = datetime.fromtimestamp(self.clock(), UTC)
         stored = duplicates = 0
         for item in events:
             delivery = _delivery(provider, name, item, raw, received_at)
