@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 from orchestrator.ports import WebhookRejected
 from orchestrator.webhooks.intake import WebhookIntake
@@ -71,16 +72,18 @@ def _handler(
             pass  # the request line is logged below, without bodies or headers
 
         def do_GET(self) -> None:
-            if self.path == "/healthz":
+            path = _path(self.path)
+            if path == "/healthz":
                 self._json(200, {"status": "alive"})
-            elif self.path == "/readyz":
+            elif path == "/readyz":
                 ok = _safe(ready)
                 self._json(200 if ok else 503, {"status": "ready" if ok else "not ready"})
             else:
                 self._json(404, {"error": "not found"})
 
         def do_POST(self) -> None:
-            provider = self.path[len(_PREFIX) :] if self.path.startswith(_PREFIX) else ""
+            path = _path(self.path)
+            provider = path[len(_PREFIX) :] if path.startswith(_PREFIX) else ""
             if not provider or "/" in provider or not intake.knows(provider):
                 self._drain_and_refuse(404, "unknown webhook endpoint")
                 return
@@ -136,6 +139,15 @@ def _handler(
                 self.wfile.write(body)
 
     return Handler
+
+
+def _path(target: str) -> str:
+    """The path a request is routed on: without its query string (providers and probes may
+    add one, e.g. ``?source=...``) and without one trailing slash, which some dashboards
+    append. ``http.server`` has already collapsed a leading ``//``, which ``urlsplit`` would
+    read as a host; an absolute-form target (``http://host/path``) gives its path."""
+    path = urlsplit(target).path
+    return path[:-1] if path.endswith("/") and path != "/" else path
 
 
 def _safe(check: Callable[[], bool]) -> bool:

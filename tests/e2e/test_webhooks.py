@@ -300,6 +300,52 @@ def test_malformed_oversized_and_unknown_deliveries_get_clear_4xx(
     assert httpx.get(f"{webhook_stack.http_url}/readyz").status_code == 200
 
 
+def _signed_post(stack: WebhookStack, path: str, event_id: str) -> httpx.Response:
+    """A genuine delivery, signed with the stack's secret, posted to ``path`` as given."""
+    from adapters.sandbox import sign_standard_webhook
+
+    payment = {"id": "sbx_pay_p", "reference": "", "amount": 1, "currency": "USD",
+               "status": "authorized", "idempotency_key": "k"}  # fmt: skip
+    body = sandbox_event("payment.authorized", payment, event_id=event_id)
+    stamp = int(time.time())
+    headers = {"webhook-id": event_id, "webhook-timestamp": str(stamp),
+               "webhook-signature": sign_standard_webhook(stack.secret, event_id, stamp, body)}  # fmt: skip
+    return httpx.post(f"{stack.http_url}{path}", content=body, headers=headers)
+
+
+@pytest.mark.parametrize(
+    "path", ["/webhooks/sandbox?source=x", "/webhooks/sandbox/", "/webhooks/sandbox/?source=x"]
+)
+def test_a_query_string_or_one_trailing_slash_still_reaches_the_providers_endpoint(
+    webhook_stack: WebhookStack, path: str
+) -> None:
+    before = webhook_stack.deliveries()
+    answer = _signed_post(webhook_stack, path, "evt_path_1")
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"stored": 1, "duplicates": 0}
+    assert webhook_stack.deliveries() == before + 1
+
+
+@pytest.mark.parametrize(
+    "path", ["/webhooks/sandbox/extra", "/webhooks/sandbox//", "/webhooks/?p=sandbox", "/webhooks/"]
+)
+def test_any_other_path_under_webhooks_is_an_unknown_endpoint(
+    webhook_stack: WebhookStack, path: str
+) -> None:
+    before = webhook_stack.deliveries()
+    answer = _signed_post(webhook_stack, path, "evt_path_2")
+    assert (answer.status_code, answer.json()) == (404, {"error": "unknown webhook endpoint"})
+    assert webhook_stack.deliveries() == before
+
+
+def test_health_and_readiness_answer_with_a_query_string_or_a_trailing_slash(
+    webhook_stack: WebhookStack,
+) -> None:
+    for path in ("/healthz?probe=k8s", "/healthz/", "/readyz?probe=k8s", "/readyz/"):
+        assert httpx.get(f"{webhook_stack.http_url}{path}").status_code == 200, path
+    assert httpx.get(f"{webhook_stack.http_url}/healthz/extra").status_code == 404
+
+
 def test_a_rotated_secret_accepts_the_old_and_the_new(database_url: str, tmp_path: object) -> None:
     from pathlib import Path
 
