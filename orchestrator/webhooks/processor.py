@@ -19,7 +19,14 @@ from eventsourcing.utils import get_topic
 
 from orchestrator.application import Payments, apply_outcome
 from orchestrator.domain.errors import PaymentNotFound
-from orchestrator.domain.payment import IN_DOUBT, Kind, Operation, Payment, ProviderEventCause
+from orchestrator.domain.payment import (
+    IN_DOUBT,
+    Kind,
+    Operation,
+    Payment,
+    ProviderEventCause,
+    provider_key,
+)
 from orchestrator.domain.reference import ProviderReference, reference_id
 from orchestrator.domain.webhook import WebhookDelivery
 from orchestrator.ports import OutcomeStatus, ProviderOutcome, WebhookKind
@@ -145,12 +152,13 @@ def _effect(
 ) -> tuple[str, list[Aggregate]]:
     kind = WebhookKind(delivery.kind)
     if kind in (WebhookKind.DISPUTE_OPENED, WebhookKind.DISPUTE_WON, WebhookKind.DISPUTE_LOST):
-        return _dispute(payment, delivery, kind), []
+        why = _not_about(payment, delivery, "the payment", payment.provider)
+        return why or _dispute(payment, delivery, kind), []
     if kind not in _OPERATION_KIND:
         return "nothing to apply", []
     op = _operation(payment, delivery, _OPERATION_KIND[kind])
-    if op is None:
-        return "no matching operation", []
+    if isinstance(op, str):
+        return op, []
     if op.status in IN_DOUBT:
         learned = apply_outcome(
             payment, op, _outcome(op, delivery, kind), "", caused_by=_cause(delivery)
@@ -184,16 +192,55 @@ def _dispute(payment: Payment, delivery: WebhookDelivery, kind: WebhookKind) -> 
     return "dispute closed" if closed else "dispute already closed"
 
 
-def _operation(payment: Payment, delivery: WebhookDelivery, kind: Kind) -> Operation | None:
+def _not_about(payment: Payment, delivery: WebhookDelivery, subject: str, provider: str) -> str:
+    """Why the event may not change ``subject``, which is at ``provider`` ("" if it may).
+
+    Only the provider that verified an event speaks for its attempts: a payment that failed
+    over still has our id in the first provider's objects, whose late events would otherwise
+    settle the attempt at the next provider. And when both sides know the provider's id of
+    the payment, they must agree: otherwise the event is about another of the provider's
+    payments that happens to carry our id."""
+    if provider != delivery.verified_by:
+        return f"{subject} is at {provider}, not {delivery.verified_by}: unchanged"
+    theirs, ours = delivery.provider_reference, payment.provider_reference
+    if theirs and ours and theirs != ours:
+        return f"provider reference {theirs} is not the payment's ({ours}): unchanged"
+    return ""
+
+
+def _operation(payment: Payment, delivery: WebhookDelivery, kind: Kind) -> Operation | str:
+    """The operation the event reports on, or why it may change none of the payment's."""
     if delivery.operation_key:
+        # The event names its attempt: that attempt or nothing, never a guess.
         op = payment.operation_by_key(delivery.operation_key)
-        if op is not None:
-            return op if op.kind is kind else None
+        if op is None:
+            return _superseded(payment, delivery.operation_key) or (
+                f"no operation has the key {delivery.operation_key}: unchanged"
+            )
+        if op.kind is not kind:
+            return f"operation {op.sequence} is a {op.kind.value}, not a {kind.value}: unchanged"
+        return _not_about(payment, delivery, f"operation {op.sequence}", op.provider) or op
     if kind is Kind.AUTHORIZE and payment.operations:
-        return payment.operations[0]
-    # Without the key, only an operation of that kind still in doubt can be meant.
-    in_doubt = payment.operation_in_doubt
-    return in_doubt if in_doubt is not None and in_doubt.kind is kind else None
+        op = payment.operations[0]
+    elif (in_doubt := payment.operation_in_doubt) is not None and in_doubt.kind is kind:
+        op = in_doubt  # without the key, only an operation of that kind in doubt can be meant
+    else:
+        return "no matching operation"
+    return _not_about(payment, delivery, f"operation {op.sequence}", op.provider) or op
+
+
+def _superseded(payment: Payment, key: str) -> str:
+    """Why ``key``, an earlier attempt's of one of the payment's operations, settles nothing:
+    that attempt certainly moved no money (it failed over), and its operation's outcome is
+    the later attempt's. "" when it is no attempt of the payment's."""
+    for op in payment.operations:
+        for attempt in range(1, op.attempt):
+            if provider_key(payment.id, op.sequence, op.kind, attempt) == key:
+                return (
+                    f"attempt {attempt} of operation {op.sequence} was superseded by "
+                    f"attempt {op.attempt} at {op.provider}: unchanged"
+                )
+    return ""
 
 
 def _outcome(op: Operation, delivery: WebhookDelivery, kind: WebhookKind) -> ProviderOutcome:

@@ -3,18 +3,26 @@ once by the background processor, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
 
+from adapters.sandbox import SandboxServer
 from orchestrator.api._generated import payments_pb2 as pb
-from orchestrator.bootstrap import build_payments, load_configuration
+from orchestrator.bootstrap import build_payments, load_configuration, webhook_verifiers
 from orchestrator.secrets import Secret
+from orchestrator.webhooks.http import HttpServer
+from orchestrator.webhooks.intake import WebhookIntake
 from orchestrator.webhooks.processor import WebhookProcessor
-from tests.e2e.conftest import WebhookStack
+from tests.e2e.conftest import Configured, ServerFactory, WebhookStack, free_port
 from tests.e2e.helpers import create_request
 
 pytestmark = pytest.mark.timeout(120)
@@ -439,3 +447,170 @@ def test_adyen_notifications_are_verified_per_item_and_answered_accepted(
     finally:
         http.stop()
         app.close()
+
+
+# --- a provider's event changes only its own attempts -------------------------------------
+
+STRIPE_WEBHOOK_SECRET = "whsec_payorch_e2e_0123456789abcdef"
+
+
+@dataclass
+class SandboxAndStripe:
+    """payorch configured with a sandbox and a Stripe provider, Stripe's webhooks verified
+    at ``POST /webhooks/stripe``; the test runs the processor."""
+
+    running: Configured
+    sandbox: SandboxServer
+    http_url: str
+    processor: WebhookProcessor
+
+    def post_stripe(self, event_id: str, kind: str, intent: dict[str, object]) -> httpx.Response:
+        stamp = int(time.time())
+        body = json.dumps(
+            {"id": event_id, "object": "event", "type": kind, "api_version": "2024-06-20",
+             "data": {"object": intent}, "livemode": False, "created": stamp}
+        ).encode()  # fmt: skip
+        # Stripe's v1 scheme, written out independently of the adapter under test.
+        v1 = hmac.new(
+            STRIPE_WEBHOOK_SECRET.encode(), f"{stamp}.".encode() + body, hashlib.sha256
+        ).hexdigest()
+        headers = {"stripe-signature": f"t={stamp},v1={v1}", "content-type": "application/json"}
+        return httpx.post(f"{self.http_url}/webhooks/stripe", content=body, headers=headers)
+
+    def payment(self, payment_id: str) -> pb.Payment:
+        found: pb.Payment = self.running.stub.GetPayment(
+            pb.GetPaymentRequest(payment_id=payment_id)
+        )
+        return found
+
+    def recorded(self, payment_id: str) -> list[pb.PaymentEvent]:
+        request = pb.ListPaymentEventsRequest(payment_id=payment_id)
+        return list(self.running.stub.ListPaymentEvents(request).events)
+
+    def authorizations_held_by_the_sandbox(self) -> list[dict[str, object]]:
+        entries = httpx.get(f"{self.sandbox.url}/_sandbox/ledger").json()["entries"]
+        return [e for e in entries if e["kind"] == "authorization"]
+
+
+def _provider_table(name: str, kind: str, url: str, extra: str = "") -> str:
+    return (
+        f'[providers.{name}]\ntype = "{kind}"\nbase_url = "{url}"\ntimeout = 1.0\n'
+        f"attempt_timeout = 0.4\n{extra}"
+        f"[providers.{name}.retry]\nbase = 0.02\nmax = 0.1\nmax_attempts = 3\n"
+    )
+
+
+@pytest.fixture
+def sandbox_and_stripe(
+    serve: ServerFactory, sandbox: SandboxServer, tmp_path: Path
+) -> Iterator[Callable[[list[str]], SandboxAndStripe]]:
+    """Builds the stack with US payments routed to ``route`` (provider names, in order).
+    The Stripe provider's API is a closed port: it is never reached."""
+    (tmp_path / "stripe-key").write_text("sk_test_payorch_e2e")
+    (tmp_path / "stripe-whsec").write_text(STRIPE_WEBHOOK_SECRET)
+    servers: list[HttpServer] = []
+
+    def build(route: list[str]) -> SandboxAndStripe:
+        stripe = _provider_table(
+            "stripe-us",
+            "stripe",
+            f"http://127.0.0.1:{free_port()}",
+            f'secret_key_file = "{tmp_path / "stripe-key"}"\n'
+            f'webhook_secret_file = "{tmp_path / "stripe-whsec"}"\n',
+        )
+        routes = "[routes]\nUS = [" + ", ".join(f'"{name}"' for name in route) + "]\n"
+        running = serve(_provider_table("sandbox", "sandbox", sandbox.url) + stripe + routes)
+        intake = WebhookIntake(running.app, webhook_verifiers(running.app.router))
+        http = HttpServer("127.0.0.1:0", intake, ready=lambda: True).start()
+        servers.append(http)
+        return SandboxAndStripe(
+            running, sandbox, f"http://127.0.0.1:{http.port}", WebhookProcessor(running.app)
+        )
+
+    try:
+        yield build
+    finally:
+        for http in servers:
+            http.stop()
+
+
+def _failed_intent(metadata: dict[str, str]) -> dict[str, object]:
+    return {
+        "id": "pi_3LateFailure", "object": "payment_intent", "amount": 1000, "currency": "usd",
+        "capture_method": "manual", "status": "requires_payment_method", "metadata": metadata,
+        "last_payment_error": {"type": "card_error", "code": "card_declined",
+                               "decline_code": "generic_decline",
+                               "message": "Your card was declined."},
+    }  # fmt: skip
+
+
+def _in_doubt_at_the_sandbox(stack: SandboxAndStripe, key: str) -> pb.Payment:
+    """A payment whose sandbox authorization timed out: the sandbox, hung, charges later."""
+    stack.sandbox.state.update_faults({"timeout_rate": 1.0, "hang_ms": 1500})
+    payment: pb.Payment = stack.running.stub.CreatePayment(create_request(key))
+    stack.sandbox.state.update_faults({"timeout_rate": 0.0})
+    assert payment.status == pb.PAYMENT_STATUS_PROCESSING
+    assert payment.provider == "sandbox"
+    return payment
+
+
+def _resolved_by_asking_the_sandbox(stack: SandboxAndStripe, payment_id: str) -> pb.Payment:
+    app = stack.running.app
+    wait_for(lambda: app.lookup_due(app.get_payment(payment_id)))  # the lease is over
+    app.resolve(app.get_payment(payment_id).id)
+    return stack.payment(payment_id)
+
+
+def test_a_stripe_event_naming_a_sandbox_payment_changes_nothing(
+    sandbox_and_stripe: Callable[[list[str]], SandboxAndStripe],
+) -> None:
+    stack = sandbox_and_stripe(["sandbox"])
+    payment = _in_doubt_at_the_sandbox(stack, "foreign-event")
+    answer = stack.post_stripe(
+        "evt_foreign_failure",
+        "payment_intent.payment_failed",
+        _failed_intent({"payment_id": payment.payment_id}),
+    )
+    assert answer.status_code == 200  # genuine, so stored and acknowledged
+    assert stack.processor.run_once() == 1
+    after = stack.payment(payment.payment_id)
+    assert after.status == pb.PAYMENT_STATUS_PROCESSING
+    recorded = stack.recorded(payment.payment_id)
+    assert "OperationDeclined" not in [e.type for e in recorded]
+    (received,) = [json.loads(e.data) for e in recorded if e.type == "ProviderEventReceived"]
+    assert received["provider"] == "stripe-us"
+    assert received["effect"] == "operation 1 is at sandbox, not stripe-us: unchanged"
+    # The sandbox does hold the authorization: asking it settles the payment.
+    resolved = _resolved_by_asking_the_sandbox(stack, payment.payment_id)
+    assert resolved.status == pb.PAYMENT_STATUS_AUTHORIZED
+    (held,) = stack.authorizations_held_by_the_sandbox()
+    assert held["payment"] == resolved.provider_reference
+
+
+def test_the_first_providers_late_failure_never_declines_what_the_fallback_authorized(
+    sandbox_and_stripe: Callable[[list[str]], SandboxAndStripe],
+) -> None:
+    stack = sandbox_and_stripe(["stripe-us", "sandbox"])
+    payment = _in_doubt_at_the_sandbox(stack, "failed-over")
+    (op,) = payment.operations
+    assert (op.attempt, op.provider) == (2, "sandbox")
+    first_attempt = f"{payment.payment_id}:1:authorize:1"
+    assert "FailedOver" in [e.type for e in stack.recorded(payment.payment_id)]
+    answer = stack.post_stripe(
+        "evt_first_attempt_failed",
+        "payment_intent.payment_failed",
+        _failed_intent({"payment_id": payment.payment_id, "payorch_key": first_attempt}),
+    )
+    assert answer.status_code == 200
+    assert stack.processor.run_once() == 1
+    assert stack.payment(payment.payment_id).status == pb.PAYMENT_STATUS_PROCESSING
+    recorded = stack.recorded(payment.payment_id)
+    assert "OperationDeclined" not in [e.type for e in recorded]
+    (received,) = [json.loads(e.data) for e in recorded if e.type == "ProviderEventReceived"]
+    assert received["effect"] == (
+        "attempt 1 of operation 1 was superseded by attempt 2 at sandbox: unchanged"
+    )
+    resolved = _resolved_by_asking_the_sandbox(stack, payment.payment_id)
+    assert (resolved.status, resolved.provider) == (pb.PAYMENT_STATUS_AUTHORIZED, "sandbox")
+    (held,) = stack.authorizations_held_by_the_sandbox()
+    assert held["payment"] == resolved.provider_reference
