@@ -454,12 +454,26 @@ class Payments(Application[UUID]):
         found: ProviderOutcome | None = None
         try:
             found = route.provider.lookup(request, timeout=route.timeout)
+        except ProviderNotReached as e:
+            # Nobody was asked (an open circuit, a refused connection): that is no step of
+            # the schedule, whose end means "unknown after every lookup at the provider".
+            # Nothing is recorded, so the payment stays due and a later pass asks again.
+            log.info(
+                "lookup not sent: payment=%s op=%s provider=%s: %s",
+                payment.id, op.sequence, op.provider, e.message,
+            )  # fmt: skip
+            self.recovery_stats.add("lookups_not_sent")
+            return payment
+        except ProviderOutcomeUnknown as e:
+            message = e.message
+        else:
             if found is None and route.provider.honors_idempotency_keys:
                 # Safe only because the provider deduplicates the key: if the first request
                 # did arrive, this returns its result; if it did not, this makes it now.
-                found = self._call(route, op.kind, request, route.timeout)
-        except (ProviderNotReached, ProviderOutcomeUnknown) as e:
-            message = e.message
+                try:
+                    found = self._call(route, op.kind, request, route.timeout)
+                except (ProviderNotReached, ProviderOutcomeUnknown) as e:
+                    message = e.message  # the lookup itself was answered: a step was taken
         self.recovery_stats.add("lookups")
         return self._record_resolution(payment.id, op.sequence, found, message)
 

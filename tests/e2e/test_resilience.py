@@ -13,6 +13,7 @@ import pytest
 
 from adapters.sandbox import SandboxServer, start_sandbox
 from orchestrator.api._generated import payments_pb2 as pb
+from orchestrator.resilience.provider import ResilientProvider
 from tests.e2e.conftest import ServerFactory, free_port
 from tests.e2e.helpers import create_request, error_reason, retry_delay
 
@@ -208,3 +209,37 @@ def test_an_outcome_nobody_can_learn_is_flagged_for_review_never_failed(
     assert types.count("StillUnknown") == 3
     assert types[-1] == "ReviewRequired"
     assert "OperationFailed" not in types
+
+
+def test_recovery_waits_out_an_open_breaker_instead_of_spending_its_schedule(
+    serve: ServerFactory, sandbox: SandboxServer
+) -> None:
+    # The hung authorization trips the breaker (one failure opens it) for far longer than
+    # the whole schedule of lookups; meanwhile the sandbox finishes the authorization.
+    faults(sandbox, timeout_rate=1.0, hang_ms=1000)
+    running = serve(
+        provider("sandbox", sandbox.url, threshold=1, open_seconds=4.0)
+        + '[routes]\n"*" = ["sandbox"]\n[recovery]\nschedule = [0.1, 0.1]\ninterval = 0.05\n',
+        worker=True,
+    )
+    payment = running.stub.CreatePayment(create_request("breaker-open"))
+    assert payment.status == pb.PAYMENT_STATUS_PROCESSING
+    faults(sandbox, timeout_rate=0.0)
+    route = running.app.router.route("sandbox")
+    assert route.breaker is not None and route.breaker.state.value == "open"
+    assert isinstance(route.provider, ResilientProvider)
+    refused_before = route.provider.stats.snapshot().get("breaker_rejected", 0)
+    deadline = time.monotonic() + 15
+    while payment.status == pb.PAYMENT_STATUS_PROCESSING and time.monotonic() < deadline:
+        time.sleep(0.05)
+        payment = running.stub.GetPayment(pb.GetPaymentRequest(payment_id=payment.payment_id))
+    # Resolved by the first lookup the breaker let through, never flagged for review.
+    assert payment.status == pb.PAYMENT_STATUS_AUTHORIZED
+    assert payment.provider_reference == ledger(sandbox)[0]["payment"]
+    types = event_types(running.stub, payment.payment_id)
+    assert types == ["Requested", "OperationStarted", "OutcomeUnknown", "Authorized"]
+    (op,) = payment.operations
+    assert (op.lookups, op.review_required) == (0, False)
+    # Recovery did keep asking while the circuit was open: each refusal was not a lookup.
+    refused = route.provider.stats.snapshot().get("breaker_rejected", 0)
+    assert refused - refused_before > 3
