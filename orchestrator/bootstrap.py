@@ -12,14 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adapters._webhooks import configures_webhook_secret
 from adapters.sandbox import SandboxAdapter
+from adapters.sandbox import from_config as sandbox_from_config
 from orchestrator.application import DEFAULT_RECOVERY_SCHEDULE, Payments
 from orchestrator.ports import PaymentProvider, WebhookVerifier
 from orchestrator.resilience.breaker import BreakerPolicy, CircuitBreaker
 from orchestrator.resilience.provider import CallPolicy, ResilientProvider, Stats
 from orchestrator.resilience.retry import RetryPolicy
 from orchestrator.routing import DEFAULT_ROUTE, Route, Router
-from orchestrator.secrets import Secret
+from orchestrator.secrets import Secret, secret_from
 from orchestrator.store import DEFAULT_DATABASE_URL, parse_database_url, schema_lock
 from orchestrator.webhooks.intake import NamedVerifier
 
@@ -67,6 +69,21 @@ class Settings:
         return cls(**values)
 
 
+def sandbox_webhook_secret_from_env() -> Secret | None:
+    """The secret the webhooks of a sandbox payorch did not start are signed with, if it
+    sends any: PAYORCH_SANDBOX_WEBHOOK_SECRET_FILE (a secret file) or
+    PAYORCH_SANDBOX_WEBHOOK_SECRET. It serves ``--sandbox-url``'s sandbox and every sandbox
+    provider of the configuration file that names no webhook secret of its own."""
+    variable = "PAYORCH_SANDBOX_WEBHOOK_SECRET"
+    if f"{variable}_FILE" in os.environ:
+        spec = {"webhook_secret_file": os.environ[f"{variable}_FILE"]}
+    elif variable in os.environ:
+        spec = {"webhook_secret_env": variable}  # the variable's name, not its value
+    else:
+        return None
+    return secret_from(spec, "webhook_secret", owner="sandbox")
+
+
 @dataclass(frozen=True)
 class RecoverySettings:
     schedule: tuple[float, ...] = DEFAULT_RECOVERY_SCHEDULE
@@ -78,6 +95,9 @@ class Configuration:
     router: Router
     recovery: RecoverySettings
     stats: Stats  # what the resilient layer did, across every provider
+    # Providers that take webhooks but have no secret to verify them with: their endpoint
+    # refuses every delivery (401), which is only ever noticed if start-up says so.
+    without_webhook_secret: frozenset[str] = frozenset()
 
 
 def load_configuration(
@@ -87,8 +107,10 @@ def load_configuration(
     sandbox_webhook_secret: Secret | None = None,
 ) -> Configuration:
     """Providers, routes and recovery from the TOML file; without one, every region goes to
-    the sandbox at ``sandbox_url`` with the default policies, its webhooks verified with
-    ``sandbox_webhook_secret`` (``payorch serve`` generates one for its in-process sandbox)."""
+    the sandbox at ``sandbox_url`` with the default policies. ``sandbox_webhook_secret``
+    verifies the webhooks of that sandbox, and of every sandbox provider of the file that
+    names no secret of its own (``payorch serve`` passes PAYORCH_SANDBOX_WEBHOOK_SECRET's, or
+    one it generated for its in-process sandbox)."""
     stats = Stats()
     if config_path is None:
         if sandbox_url is None:
@@ -97,15 +119,28 @@ def load_configuration(
         adapter = SandboxAdapter(sandbox_url, name="sandbox", webhook_secrets=secrets)
         route = resilient_route("sandbox", "sandbox", adapter, {}, stats)
         return Configuration(
-            Router({"sandbox": route}, {DEFAULT_ROUTE: ["sandbox"]}), RecoverySettings(), stats
+            Router({"sandbox": route}, {DEFAULT_ROUTE: ["sandbox"]}),
+            RecoverySettings(),
+            stats,
+            frozenset() if secrets else frozenset({"sandbox"}),
         )
     config = tomllib.loads(Path(config_path).read_text())
-    providers = {
-        name: build_route(name, _with_sandbox_url(spec, sandbox_url), stats)
-        for name, spec in config.get("providers", {}).items()
-    }
+    providers: dict[str, Route] = {}
+    without_secret: set[str] = set()
+    for name, table in config.get("providers", {}).items():
+        spec = _with_sandbox_url(table, sandbox_url)
+        route = build_route(name, spec, stats, sandbox_webhook_secret=sandbox_webhook_secret)
+        providers[name] = route
+        own = configures_webhook_secret(spec)
+        if not own and not (route.kind == "sandbox" and sandbox_webhook_secret is not None):
+            without_secret.add(name)
     routes = {str(key): list(names) for key, names in config.get("routes", {}).items()}
-    return Configuration(Router(providers, routes), _recovery(config.get("recovery", {})), stats)
+    return Configuration(
+        Router(providers, routes),
+        _recovery(config.get("recovery", {})),
+        stats,
+        frozenset(without_secret),
+    )
 
 
 def load_router(config_path: str | None, sandbox_url: str | None) -> Router:
@@ -119,12 +154,24 @@ def _with_sandbox_url(spec: Mapping[str, Any], sandbox_url: str | None) -> dict[
     return spec
 
 
-def build_route(name: str, spec: Mapping[str, Any], stats: Stats) -> Route:
+def build_route(
+    name: str,
+    spec: Mapping[str, Any],
+    stats: Stats,
+    *,
+    sandbox_webhook_secret: Secret | None = None,
+) -> Route:
     """One provider: its adapter, wrapped in its own breaker, retries and timeouts."""
     kind = str(spec.get("type", name))
     if kind not in ADAPTERS:
         raise ValueError(f"provider {name!r}: unknown type {kind!r} (known: {sorted(ADAPTERS)})")
-    adapter: PaymentProvider = importlib.import_module(ADAPTERS[kind]).from_config(name, spec)
+    adapter: PaymentProvider
+    if kind == "sandbox":
+        # The one provider whose webhook secret may come from outside its table: the sandbox
+        # is run next to payorch, and given its secret the way payorch is.
+        adapter = sandbox_from_config(name, spec, default_webhook_secret=sandbox_webhook_secret)
+    else:
+        adapter = importlib.import_module(ADAPTERS[kind]).from_config(name, spec)
     return resilient_route(name, kind, adapter, spec, stats)
 
 
@@ -152,6 +199,23 @@ def webhook_verifiers(router: Router) -> dict[str, list[NamedVerifier]]:
         if isinstance(route.adapter, WebhookVerifier):
             verifiers.setdefault(route.kind, []).append(NamedVerifier(name, route.adapter))
     return verifiers
+
+
+def warn_of_webhooks_without_secret(config: Configuration) -> None:
+    """One warning per provider that takes webhooks at an endpoint but cannot verify them:
+    the provider sees only 401s, and nothing else at start-up would say why. Names the
+    provider and its endpoint, never a secret."""
+    for kind, verifiers in sorted(webhook_verifiers(config.router).items()):
+        for verifier in verifiers:
+            if verifier.name in config.without_webhook_secret:
+                where = "its table's webhook_secret_env or webhook_secret_file"
+                if kind == "sandbox":
+                    where = f"PAYORCH_SANDBOX_WEBHOOK_SECRET(_FILE) or {where}"
+                log.warning(
+                    "provider %r has no webhook secret: its deliveries to /webhooks/%s will "
+                    "be refused (401 no webhook secret configured); set %s",
+                    verifier.name, kind, where,
+                )  # fmt: skip
 
 
 def _numbers(table: Mapping[str, Any], policy: type, owner: str) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -22,11 +21,18 @@ from orchestrator.audit.reconcile import our_movements, reconcile, render
 from orchestrator.audit.show import timeline
 from orchestrator.audit.statements import STATEMENT_READERS, StatementError
 from orchestrator.audit.verify import parse_head, verify
-from orchestrator.bootstrap import Settings, build_payments, load_configuration, webhook_verifiers
+from orchestrator.bootstrap import (
+    Settings,
+    build_payments,
+    load_configuration,
+    sandbox_webhook_secret_from_env,
+    warn_of_webhooks_without_secret,
+    webhook_verifiers,
+)
 from orchestrator.domain.errors import InvalidArgument, PaymentNotFound
 from orchestrator.recovery import RecoveryWorker
 from orchestrator.routing import Router
-from orchestrator.secrets import Secret, secret_from
+from orchestrator.secrets import Secret
 from orchestrator.store import parse_database_url
 from orchestrator.webhooks.http import HttpServer
 from orchestrator.webhooks.intake import WebhookIntake
@@ -74,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "audit":
         return run_audit(args)
     if args.command == "sandbox":
-        secret = _external_sandbox_webhook_secret() if args.webhook_url else None
+        secret = sandbox_webhook_secret_from_env() if args.webhook_url else None
         if args.webhook_url and secret is None:
             log.error("--webhook-url needs PAYORCH_SANDBOX_WEBHOOK_SECRET or _FILE")
             return 2
@@ -247,7 +253,7 @@ def serve_forever(settings: Settings) -> int:
         )
     sandbox = None
     sandbox_url = settings.sandbox_url
-    webhook_secret = _external_sandbox_webhook_secret()
+    webhook_secret = sandbox_webhook_secret_from_env()
     if settings.config is None and sandbox_url is None:
         try:
             sandbox = start_sandbox(settings.sandbox_listen)
@@ -261,12 +267,11 @@ def serve_forever(settings: Settings) -> int:
         config = load_configuration(
             settings.config, sandbox_url, sandbox_webhook_secret=webhook_secret
         )
-        router = config.router
         app = build_payments(
-            settings.database_url, router, recovery_schedule=config.recovery.schedule
+            settings.database_url, config.router, recovery_schedule=config.recovery.schedule
         )
         server = create_server(settings.grpc_listen, app, max_workers=settings.grpc_workers)
-        intake = WebhookIntake(app, webhook_verifiers(router))
+        intake = WebhookIntake(app, webhook_verifiers(config.router))
         http = HttpServer(
             settings.http_listen,
             intake,
@@ -278,7 +283,8 @@ def serve_forever(settings: Settings) -> int:
         if sandbox is not None:
             sandbox.stop()
         return 2
-    log.info("providers: %s", ", ".join(router.provider_names))
+    log.info("providers: %s", ", ".join(config.router.provider_names))
+    warn_of_webhooks_without_secret(config)
     server.start()
     http.start()
     host = settings.grpc_listen.rsplit(":", 1)[0]
@@ -302,19 +308,6 @@ def serve_forever(settings: Settings) -> int:
         sandbox.stop()
     log.info("stopped")
     return 0
-
-
-def _external_sandbox_webhook_secret() -> Secret | None:
-    """The secret of an external sandbox's webhooks (``--sandbox-url``), if it sends any:
-    PAYORCH_SANDBOX_WEBHOOK_SECRET_FILE (a secret file) or PAYORCH_SANDBOX_WEBHOOK_SECRET."""
-    variable = "PAYORCH_SANDBOX_WEBHOOK_SECRET"
-    if f"{variable}_FILE" in os.environ:
-        spec = {"webhook_secret_file": os.environ[f"{variable}_FILE"]}
-    elif variable in os.environ:
-        spec = {"webhook_secret_env": variable}  # the variable's name, not its value
-    else:
-        return None
-    return secret_from(spec, "webhook_secret", owner="sandbox")
 
 
 def _ready(app: Payments, server: PaymentServer) -> bool:

@@ -354,18 +354,24 @@ def _find_refund(key: str, payment: JSONObject) -> ProviderOutcome | None:
     return None
 
 
-def from_config(name: str, spec: Mapping[str, Any]) -> SandboxAdapter:
+def from_config(
+    name: str, spec: Mapping[str, Any], *, default_webhook_secret: Secret | None = None
+) -> SandboxAdapter:
     """The adapter from its configuration table. The sandbox needs no API credentials; its
     webhooks are verified with ``webhook_secret_env``/``_file`` (a Standard Webhooks
     ``whsec_...`` secret) and, while it is rotated, ``webhook_secret_previous_env``/``_file``.
-    Without them the provider takes no webhooks."""
+    A table without them takes ``default_webhook_secret`` (``payorch serve`` passes
+    PAYORCH_SANDBOX_WEBHOOK_SECRET's); without any, the provider takes no webhooks."""
     base_url = spec.get("base_url")
     if not base_url:
         raise ValueError(f"provider {name!r}: base_url is required")
+    secrets = webhook_secrets(spec, owner=f"provider {name!r}")
+    if not secrets and default_webhook_secret is not None:
+        secrets = [default_webhook_secret]
     return SandboxAdapter(
         str(base_url),
         name=name,
         connect_timeout=float(spec.get("connect_timeout", 1.0)),
         honors_idempotency_keys=bool(spec.get("honors_idempotency_keys", True)),
-        webhook_secrets=webhook_secrets(spec, owner=f"provider {name!r}"),
+        webhook_secrets=secrets,
     )

@@ -15,6 +15,7 @@ import grpc
 import httpx
 import pytest
 
+from adapters.sandbox import new_webhook_secret, sign_standard_webhook
 from orchestrator.api._generated import payments_pb2 as pb
 from orchestrator.api._generated import payments_pb2_grpc
 from tests.e2e.helpers import create_request
@@ -22,8 +23,10 @@ from tests.e2e.helpers import create_request
 pytestmark = pytest.mark.timeout(60)
 
 
-def _start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYORCH_")}
+def _start(
+    args: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYORCH_")} | (env or {})
     with log.open("w") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "orchestrator.cli", *args],
@@ -122,3 +125,66 @@ def test_a_database_password_never_reaches_the_log(tmp_path: Path) -> None:
     assert "postgresql://payorch@127.0.0.1:1/none" in text
     assert "s3cr3t-pw" not in text
     assert process.returncode != 0
+
+
+def _serve_with_a_configured_sandbox(
+    tmp_path: Path, env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], Path, str]:
+    """``payorch serve --config --sandbox-url``: a sandbox payorch did not start, whose
+    table names no webhook secret. Nothing is sent to the sandbox: its port is closed."""
+    (tmp_path / "providers.toml").write_text(
+        '[providers.sandbox]\ntype = "sandbox"\n[routes]\n"*" = ["sandbox"]\n'
+    )
+    log = tmp_path / "serve.log"
+    process = _start(
+        ["serve", "--config", "providers.toml", "--sandbox-url", "http://127.0.0.1:9",
+         "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"],
+        tmp_path,
+        log,
+        env,
+    )  # fmt: skip
+    port = _wait_for(r"payorch HTTP listening on 127\.0\.0\.1:(\d+)", log, process)[1]
+    return process, log, f"http://127.0.0.1:{port}/webhooks/sandbox"
+
+
+def _post_sandbox_delivery(url: str, secret: str) -> httpx.Response:
+    body = (
+        b'{"id":"evt_cli","type":"payment.authorized","created":%d,"data":{"payment":'
+        b'{"id":"sbx_pay_1","reference":"","amount":1,"currency":"USD","status":"authorized",'
+        b'"idempotency_key":"k"}}}' % int(time.time())
+    )
+    stamp = int(time.time())
+    headers = {"webhook-id": "evt_cli", "webhook-timestamp": str(stamp),
+               "webhook-signature": sign_standard_webhook(secret, "evt_cli", stamp, body)}  # fmt: skip
+    return httpx.post(url, content=body, headers=headers)
+
+
+def test_serve_with_a_configuration_verifies_the_sandboxs_webhooks_with_the_secret_from_the_environment(
+    tmp_path: Path,
+) -> None:
+    secret = new_webhook_secret()
+    process, log, url = _serve_with_a_configured_sandbox(
+        tmp_path, {"PAYORCH_SANDBOX_WEBHOOK_SECRET": secret}
+    )
+    try:
+        answer = _post_sandbox_delivery(url, secret)
+    finally:
+        code = _stop(process)
+    text = log.read_text()
+    assert (answer.status_code, answer.json()) == (200, {"stored": 1, "duplicates": 0}), text
+    assert code == 0, text
+    assert "no webhook secret" not in text
+    assert secret not in text
+
+
+def test_serve_warns_at_start_up_of_a_webhook_endpoint_without_a_secret(tmp_path: Path) -> None:
+    process, log, url = _serve_with_a_configured_sandbox(tmp_path, {})
+    try:
+        answer = _post_sandbox_delivery(url, new_webhook_secret())
+    finally:
+        code = _stop(process)
+    text = log.read_text()
+    assert answer.status_code == 401, text
+    assert code == 0, text
+    (warning,) = [line for line in text.splitlines() if " WARNING " in line and "webhook" in line]
+    assert "'sandbox'" in warning and "/webhooks/sandbox" in warning and "refused" in warning

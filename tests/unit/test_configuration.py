@@ -162,3 +162,142 @@ def test_the_readme_configuration_example_loads(
     assert {k: [v.name for v in vs] for k, vs in webhook_verifiers(config.router).items()} == {
         "stripe": ["stripe-us"], "adyen": ["adyen-us"], "razorpay": ["razorpay-in"], "sandbox": ["sandbox"],
     }  # fmt: skip
+
+
+# --- webhook secrets: the sandbox's from the environment, and warnings of the missing ones ---
+
+NOW = 1_750_000_000
+
+
+def _sandbox_delivery(secret: str) -> tuple[dict[str, str], bytes]:
+    """A genuine sandbox webhook, signed with ``secret`` by the sandbox's own signing code."""
+    import json
+
+    from adapters.sandbox import sign_standard_webhook
+
+    payment = {"id": "sbx_pay_1", "reference": "", "amount": 1, "currency": "USD",
+               "status": "authorized", "idempotency_key": "k"}  # fmt: skip
+    event = {"id": "evt_cfg", "type": "payment.authorized", "created": NOW,
+             "data": {"payment": payment}}  # fmt: skip
+    body = json.dumps(event, separators=(",", ":")).encode()
+    headers = {"webhook-id": "evt_cfg", "webhook-timestamp": str(NOW),
+               "webhook-signature": sign_standard_webhook(secret, "evt_cfg", NOW, body)}  # fmt: skip
+    return headers, body
+
+
+def _configuration_file(tmp_path: Path, *tables: str) -> str:
+    path = tmp_path / "providers.toml"
+    path.write_text("\n".join(tables) + '\n[routes]\n"*" = ["sandbox-eu"]\n')
+    return str(path)
+
+
+SANDBOX_TABLE = '[providers.sandbox-eu]\ntype = "sandbox"\nbase_url = "http://127.0.0.1:9"\n'
+
+
+def test_a_configured_sandbox_without_its_own_secret_verifies_with_the_secret_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adapters.sandbox import new_webhook_secret
+    from orchestrator.bootstrap import (
+        load_configuration,
+        sandbox_webhook_secret_from_env,
+        webhook_verifiers,
+    )
+
+    secret = new_webhook_secret()
+    monkeypatch.setenv("PAYORCH_SANDBOX_WEBHOOK_SECRET", secret)
+    config = load_configuration(
+        _configuration_file(tmp_path, SANDBOX_TABLE),
+        "http://127.0.0.1:8181",
+        sandbox_webhook_secret=sandbox_webhook_secret_from_env(),
+    )
+    (sandbox,) = webhook_verifiers(config.router)["sandbox"]
+    headers, body = _sandbox_delivery(secret)
+    [event] = sandbox.verifier.verify_webhook(headers, body, now=NOW)
+    assert (sandbox.name, event.event_id) == ("sandbox-eu", "evt_cfg")
+
+
+def test_a_configured_sandbox_keeps_its_own_secret_over_the_one_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adapters.sandbox import new_webhook_secret
+    from orchestrator.bootstrap import load_configuration, webhook_verifiers
+    from orchestrator.ports import WebhookRejected
+    from orchestrator.secrets import Secret
+
+    own, from_env = new_webhook_secret(), new_webhook_secret()
+    monkeypatch.setenv("SANDBOX_EU_WHSEC", own)
+    table = SANDBOX_TABLE + 'webhook_secret_env = "SANDBOX_EU_WHSEC"\n'
+    config = load_configuration(
+        _configuration_file(tmp_path, table),
+        None,
+        sandbox_webhook_secret=Secret(from_env, "$PAYORCH_SANDBOX_WEBHOOK_SECRET"),
+    )
+    (sandbox,) = webhook_verifiers(config.router)["sandbox"]
+    sandbox.verifier.verify_webhook(*_sandbox_delivery(own), now=NOW)
+    with pytest.raises(WebhookRejected) as refused:
+        sandbox.verifier.verify_webhook(*_sandbox_delivery(from_env), now=NOW)
+    assert refused.value.status == 401
+
+
+STRIPE_TABLES = (  # two providers of one type, one with its webhook secret
+    '[providers.stripe-us]\ntype = "stripe"\nsecret_key_env = "SK_TEST"\n'
+    'webhook_secret_env = "STRIPE_US_WHSEC"\n'
+    '[providers.stripe-eu]\ntype = "stripe"\nsecret_key_env = "SK_TEST"\n'
+)
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_every_webhook_endpoint_without_a_secret_is_warned_of_at_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from orchestrator.bootstrap import load_configuration, warn_of_webhooks_without_secret
+
+    monkeypatch.setenv("SK_TEST", "sk_test_x")
+    monkeypatch.setenv("STRIPE_US_WHSEC", "whsec_stripe_us_secret_value")
+    path = _configuration_file(tmp_path, SANDBOX_TABLE, STRIPE_TABLES)
+    config = load_configuration(path, None)
+    with caplog.at_level("WARNING", logger="payorch"):
+        warn_of_webhooks_without_secret(config)
+    sandbox, stripe = _warnings(caplog)
+    assert "'sandbox-eu'" in sandbox and "/webhooks/sandbox" in sandbox
+    assert "'stripe-eu'" in stripe and "/webhooks/stripe" in stripe
+    assert all("refused" in warning for warning in (sandbox, stripe))
+    assert "whsec_stripe_us_secret_value" not in caplog.text and "stripe-us" not in caplog.text
+
+
+def test_the_sandbox_without_a_configuration_or_a_secret_is_warned_of_too(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from orchestrator.bootstrap import load_configuration, warn_of_webhooks_without_secret
+
+    config = load_configuration(None, "http://127.0.0.1:8181")
+    with caplog.at_level("WARNING", logger="payorch"):
+        warn_of_webhooks_without_secret(config)
+    (warning,) = _warnings(caplog)
+    assert "'sandbox'" in warning and "/webhooks/sandbox" in warning and "refused" in warning
+
+
+def test_no_warning_is_logged_when_every_webhook_endpoint_has_its_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from adapters.sandbox import new_webhook_secret
+    from orchestrator.bootstrap import (
+        load_configuration,
+        sandbox_webhook_secret_from_env,
+        warn_of_webhooks_without_secret,
+    )
+
+    secret = new_webhook_secret()
+    monkeypatch.setenv("PAYORCH_SANDBOX_WEBHOOK_SECRET", secret)
+    path = _configuration_file(tmp_path, SANDBOX_TABLE)
+    config = load_configuration(
+        path, None, sandbox_webhook_secret=sandbox_webhook_secret_from_env()
+    )
+    with caplog.at_level("DEBUG"):
+        warn_of_webhooks_without_secret(config)
+    assert _warnings(caplog) == []
+    assert secret not in caplog.text
