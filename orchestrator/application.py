@@ -443,8 +443,14 @@ class Payments(Application[UUID]):
     def resolve(self, payment_id: UUID) -> Payment:
         """Asks the provider what became of the payment's operation in doubt, and records
         what it learns. Harmless when several replicas do it at once: a provider that honours
-        keys deduplicates a re-send, and the event store refuses all but one record of it."""
-        payment = self.get_payment(payment_id)
+        keys deduplicates a re-send, the event store refuses all but one record of an
+        outcome, and a lookup that found nothing is recorded once per step of the schedule."""
+        return self.look_up(self.get_payment(payment_id))
+
+    def look_up(self, payment: Payment) -> Payment:
+        """``resolve``, for the payment as the caller read it. The recovery worker passes the
+        read on which it judged the lookup due: that is the step it may record, even when
+        another replica records the same step between the worker's read and its lookup."""
         op = payment.operation_in_doubt
         if op is None or op.review_required or not self._lease_over(payment):
             return payment
@@ -475,16 +481,24 @@ class Payments(Application[UUID]):
                 except (ProviderNotReached, ProviderOutcomeUnknown) as e:
                     message = e.message  # the lookup itself was answered: a step was taken
         self.recovery_stats.add("lookups")
-        return self._record_resolution(payment.id, op.sequence, found, message)
+        return self._record_resolution(payment.id, op, found, message)
 
     def _record_resolution(
-        self, payment_id: UUID, sequence: int, found: ProviderOutcome | None, message: str
+        self, payment_id: UUID, asked: Operation, found: ProviderOutcome | None, message: str
     ) -> Payment:
+        """Records what the lookup about ``asked`` (the operation as it was when the lookup
+        was decided) found, on the payment as it is now."""
+        sequence = asked.sequence
         for _ in range(MAX_CONFLICTS):
             payment = self.get_payment(payment_id)
             op = payment.operation(sequence)
             if op.status not in IN_DOUBT or op.review_required:
                 return payment  # another replica recorded it first
+            if found is None and op.lookups != asked.lookups:
+                # Another replica recorded this step while we asked. Recording ours too would
+                # count the step twice and send the payment to review before its schedule ran.
+                self.recovery_stats.add("lookups_already_recorded")
+                return payment
             changed: list[Any] = [payment]
             if found is not None:
                 changed.extend(apply_outcome(payment, op, found, "", caused_by=RecoveryCause()))

@@ -7,7 +7,9 @@ minutes, then hours in production), until it is resolved or flagged for review.
 
 Two replicas may look up the same payment at once: that is harmless. Lookups move no money,
 a re-send goes only to providers that deduplicate its key, and the event store accepts one
-record of what was learnt (the other save conflicts and finds it already resolved).
+record of what was learnt (the other save conflicts and finds it already resolved). A lookup
+that found nothing is one step of the schedule, recorded by whichever replica comes first; a
+lookup the provider never received (an open circuit) is none, and is simply asked again later.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class RecoveryWorker(BackgroundLoop):
                 if payment.operation_in_doubt is None or payment.operation_in_doubt.review_required:
                     self.candidates.discard(payment_id)
                 elif self.app.lookup_due(payment):
-                    resolved = self.app.resolve(payment_id)
+                    resolved = self.app.look_up(payment)  # the step judged due on this read
                     asked += 1
                     log.info("payment %s is now %s", payment_id, resolved.status.value)
             except PaymentNotFound:
