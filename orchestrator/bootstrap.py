@@ -6,8 +6,9 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import time
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from orchestrator.application import DEFAULT_RECOVERY_SCHEDULE, Payments
 from orchestrator.ports import PaymentProvider, WebhookVerifier
 from orchestrator.resilience.breaker import BreakerPolicy, CircuitBreaker
 from orchestrator.resilience.provider import CallPolicy, ResilientProvider, Stats
-from orchestrator.resilience.retry import RetryPolicy
+from orchestrator.resilience.retry import Jitter, RetryPolicy
 from orchestrator.routing import DEFAULT_ROUTE, Route, Router
 from orchestrator.secrets import Secret, secret_from
 from orchestrator.store import DEFAULT_DATABASE_URL, parse_database_url, schema_lock
@@ -176,8 +177,18 @@ def build_route(
 
 
 def resilient_route(
-    name: str, kind: str, adapter: PaymentProvider, spec: Mapping[str, Any], stats: Stats
+    name: str,
+    kind: str,
+    adapter: PaymentProvider,
+    spec: Mapping[str, Any],
+    stats: Stats,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    jitter: Jitter | None = None,
 ) -> Route:
+    """``clock``, ``sleep`` and ``jitter`` drive the breaker and the retries: real time in
+    service, simulated time and a seeded random source in the simulator."""
     timeout = float(spec.get("timeout", DEFAULT_TIMEOUT))
     if not spec.get("resilient", True):
         # The bare adapter: only to measure what the resilient path costs.
@@ -185,10 +196,12 @@ def resilient_route(
     retry = RetryPolicy(**_numbers(spec.get("retry", {}), RetryPolicy, name))
     retry = RetryPolicy(retry.base, retry.maximum, retry.max_attempts, min(retry.max_time, timeout))
     breaker = CircuitBreaker(
-        name, BreakerPolicy(**_numbers(spec.get("breaker", {}), BreakerPolicy, name))
+        name, BreakerPolicy(**_numbers(spec.get("breaker", {}), BreakerPolicy, name)), clock=clock
     )
     policy = CallPolicy(attempt_timeout=float(spec.get("attempt_timeout", timeout)), retry=retry)
-    provider = ResilientProvider(adapter, breaker, policy, stats=stats)
+    provider = ResilientProvider(
+        adapter, breaker, policy, sleep=sleep, clock=clock, jitter=jitter, stats=stats
+    )
     return Route(provider, timeout=timeout, breaker=breaker, kind=kind, adapter=adapter)
 
 
