@@ -454,6 +454,9 @@ class Payments(Application[UUID]):
         op = payment.operation_in_doubt
         if op is None or op.review_required or not self._lease_over(payment):
             return payment
+        # A follow-up command asks whenever its caller retries; only a lookup the schedule
+        # called for may count as a step, or a few retries would send it to review early.
+        scheduled = self.lookup_due(payment)
         route = self.router.route(op.provider)
         request = self._provider_operation(payment, op)
         message = "the provider has no record of it yet"
@@ -481,6 +484,9 @@ class Payments(Application[UUID]):
                 except (ProviderNotReached, ProviderOutcomeUnknown) as e:
                     message = e.message  # the lookup itself was answered: a step was taken
         self.recovery_stats.add("lookups")
+        if found is None and not scheduled:
+            self.recovery_stats.add("lookups_off_schedule")
+            return payment
         return self._record_resolution(payment.id, op, found, message)
 
     def _record_resolution(

@@ -15,6 +15,8 @@ import pytest
 from adapters.sandbox import SandboxAdapter, SandboxServer
 from orchestrator.application import Payments
 from orchestrator.bootstrap import build_payments
+from orchestrator.commands import CapturePayment
+from orchestrator.domain.errors import OperationInProgress
 from orchestrator.domain.payment import Cause, Payment, Status
 from orchestrator.ports import OperationKind, ProviderOperation, ProviderOutcome
 from orchestrator.recovery import RecoveryWorker
@@ -187,3 +189,26 @@ def test_what_a_lookup_finds_is_recorded_even_after_another_replica_found_nothin
     assert still_unknown(replicas.first, payment) == 1
     events = [type(e).__name__ for e in replicas.first.events.get(payment.id)]
     assert events[-2:] == ["StillUnknown", "Authorized"]
+
+
+def test_a_callers_follow_ups_on_a_payment_in_doubt_do_not_spend_the_schedule(
+    replicas: Replicas,
+) -> None:
+    """Found by the simulator: a caller retrying a capture of a payment in doubt made each
+    retry look the operation up and record a step, so a few retries within seconds sent the
+    payment to review, days before its schedule (1 min ... 24 h) ran out."""
+    payment = in_doubt(replicas.first)
+    replicas.first.resolve(payment.id)  # the schedule's first step, due: recorded
+    capture = CapturePayment(idempotency_key="capture-1", payment_id=str(payment.id))
+
+    for _ in range(len(replicas.first.recovery_schedule) + 2):
+        with pytest.raises(OperationInProgress):
+            replicas.first.capture_payment(capture, scope="default")
+
+    after = replicas.first.get_payment(payment.id)
+    assert (after.status, after.operation(1).lookups) == (Status.PROCESSING, 1)
+    assert still_unknown(replicas.first, payment) == 1
+    # The provider was asked each time all the same: a found outcome would have been taken.
+    assert replicas.first.recovery_stats.snapshot()["lookups_off_schedule"] == (
+        len(replicas.first.recovery_schedule) + 2
+    )
