@@ -535,11 +535,15 @@ class Payments(Application[UUID]):
 
     def complete_waiting_command(self, payment: Payment, op: Operation) -> list[CommandRecord]:
         """The command that started ``op``, completed at the payment's version now that its
-        outcome is known (to be saved with the payment); nothing if it already completed."""
+        outcome is known (to be saved with the payment); if it answered "in doubt", its result
+        is fixed at this version from now on. Nothing if its result was already definite."""
         record = self.find_command(command_id(op.scope, op.idempotency_key))
-        if record is None or record.completed:
+        if record is None:
             return []
-        record.complete(payment_version=payment.version, in_doubt=False)
+        if not record.completed:
+            record.complete(payment_version=payment.version, in_doubt=False)
+        elif not record.learn_outcome(payment_version=payment.version):
+            return []
         return [record]
 
     def find_command(self, cid: UUID) -> CommandRecord | None:
@@ -593,7 +597,8 @@ class Payments(Application[UUID]):
 
     def _result(self, record: CommandRecord) -> Payment:
         if record.in_doubt:
-            # The first answer was "in doubt": show what is known now, resolved or not.
+            # It answered "in doubt" and nothing has learnt the outcome since: show what is
+            # known now. Once recovery or a webhook learns it, the result is fixed there.
             return self.get_payment(record.payment_id)
         return self.get_payment(record.payment_id, version=record.payment_version)
 

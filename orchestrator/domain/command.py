@@ -56,6 +56,12 @@ class Command(Aggregate):
         payment_version: int
         in_doubt: bool
 
+    class OutcomeLearned(Aggregate.Event):
+        """The outcome that was in doubt when the command answered became known (recovery or
+        a webhook): from now on the command's result is the payment as of then."""
+
+        payment_version: int
+
     class LeaseExtended(Aggregate.Event):
         """The owner moved on to another provider: its answer will take longer."""
 
@@ -94,6 +100,15 @@ class Command(Aggregate):
         if not self.completed:
             self._completed(payment_version=payment_version, in_doubt=in_doubt)
 
+    def learn_outcome(self, *, payment_version: int) -> bool:
+        """Fixes the result of a command that answered "in doubt" at the version where its
+        outcome became known, so every later replay answers the same, whatever happens to
+        the payment afterwards. Returns whether anything changed."""
+        if not (self.completed and self.in_doubt):
+            return False
+        self._outcome_learned(payment_version=payment_version)
+        return True
+
     def extend_lease(self, until: datetime) -> None:
         if until > self.lease_until:
             self._lease_extended(lease_until=until)
@@ -106,3 +121,8 @@ class Command(Aggregate):
     def _completed(self, *, payment_version: int, in_doubt: bool) -> None:
         self.payment_version = payment_version
         self.in_doubt = in_doubt
+
+    @event(OutcomeLearned)
+    def _outcome_learned(self, *, payment_version: int) -> None:
+        self.payment_version = payment_version
+        self.in_doubt = False
