@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 GEN := orchestrator/api/_generated
 
-.PHONY: run test check lint typecheck proto bench clean
+.PHONY: run test check lint typecheck proto bench simulate clean
 
 $(BIN)/payorch: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ typecheck: $(BIN)/payorch
 ## proto: regenerate the gRPC code from protos/ (the one recipe; tests check it is current)
 proto: $(BIN)/payorch
 	$(BIN)/python -m orchestrator.api.codegen $(GEN)
+
+## simulate: the deterministic simulation on its own: SEEDS=A:B (default 0:10000), or one SEED=N
+SEEDS ?= 0:10000
+simulate: $(BIN)/payorch
+	$(BIN)/python -m tests.simulation $(if $(SEED),--seed $(SEED) -v,--seeds $(SEEDS))
 
 bench: $(BIN)/payorch
 	$(BIN)/python bench/create_payment.py

@@ -1,0 +1,41 @@
+"""What a run went through: the rare paths a regression seed must still take to prove its fix.
+
+A seed that found a defect becomes a regression test only while it still leads the simulator
+down that defect's path; if a change to the simulator sends it elsewhere, its test fails and
+says so, instead of passing without testing anything.
+"""
+
+from __future__ import annotations
+
+from eventsourcing.utils import get_topic
+
+from orchestrator.domain.command import Command
+from tests.simulation.world import World
+
+# The path of each defect the simulator found, by the name its regression test uses.
+FOREIGN_EVENT = "a provider's event about an attempt of another provider"
+UNSENT_LOOKUP = "a lookup in doubt that could not be sent (provider down, circuit open)"
+CONCURRENT_LOOKUPS = "two replicas looked up one step of the schedule together"
+CALLER_LOOKUP = "a caller's follow-up looked up an operation in doubt off the schedule"
+LEARNT_AFTER_ANSWER = "a command answered in doubt, and its outcome was learnt afterwards"
+
+
+def witnesses(world: World) -> set[str]:
+    seen: set[str] = set()
+    counts = world.recovery_counts()
+    if counts.get("lookups_not_sent"):
+        seen.add(UNSENT_LOOKUP)
+    if counts.get("lookups_already_recorded"):
+        seen.add(CONCURRENT_LOOKUPS)
+    if counts.get("lookups_off_schedule"):
+        seen.add(CALLER_LOOKUP)
+    learnt = get_topic(Command.OutcomeLearned)
+    if world.store.select_notifications(start=0, limit=1, topics=[learnt]):
+        seen.add(LEARNT_AFTER_ANSWER)
+    app = world.any_app()
+    for page in app.event_pages():
+        for _, event in page:
+            effect = getattr(event, "effect", "")
+            if "superseded" in effect or (" is at " in effect and ", not " in effect):
+                seen.add(FOREIGN_EVENT)
+    return seen

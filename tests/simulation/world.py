@@ -1,0 +1,452 @@
+"""One simulated world per seed: replicas of payorch on one store, providers, callers.
+
+Everything random is drawn from the seed: how many replicas and payments, each provider's
+faults and whether it honours idempotency keys, what each caller asks for and when, where
+replicas crash. The real code runs: ``Payments`` (commands, replays, failover, resolution),
+the resilient layer (breaker, retries, timeouts), routing, ``RecoveryWorker``,
+``WebhookIntake`` and ``WebhookProcessor``, and ``audit verify`` at the end.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import eventsourcing.domain
+
+from orchestrator.application import Payments
+from orchestrator.bootstrap import resilient_route, webhook_verifiers
+from orchestrator.commands import CancelPayment, CapturePayment, CreatePayment, RefundPayment
+from orchestrator.domain.command import fingerprint
+from orchestrator.domain.errors import (
+    ConcurrentModification,
+    DomainError,
+    NoProviderAvailable,
+    OperationInProgress,
+    RequestInProgress,
+)
+from orchestrator.domain.payment import Payment, Status
+from orchestrator.recovery import RecoveryWorker
+from orchestrator.resilience.provider import Stats
+from orchestrator.resilience.retry import full_jitter
+from orchestrator.routing import Router
+from orchestrator.webhooks.intake import WebhookIntake
+from orchestrator.webhooks.processor import WebhookProcessor
+from tests.simulation.providers import DECLINING_METHOD, Faults, SimulatedProvider
+from tests.simulation.scheduler import EPOCH, Crashed, Host, Scheduler
+from tests.simulation.store import SimulatedStore
+
+SCOPE = "sim"
+RETRYABLE = (RequestInProgress, ConcurrentModification, NoProviderAvailable, OperationInProgress)
+CALL_TIMEOUT = 1.0  # a provider call's whole budget (the operation's deadline)
+SCHEDULE = (1.0, 2.0, 4.0)  # recovery lookups, seconds apart
+LOAD_SECONDS = 20.0  # callers start within this; faults and crashes end at its end
+SETTLE_SECONDS = 40.0  # then: recovery, webhooks and breakers have this long to settle
+CALLER_DEADLINE = 2.5  # each call's gRPC deadline, as ``answer_by``
+
+
+@dataclass
+class Answer:
+    """What a command's caller was told the first time it got a definite answer."""
+
+    request: Any
+    summary: tuple[Any, ...]
+
+
+@dataclass
+class Scenario:
+    """What the seed chose: printed with a failure, so a reader knows the world it ran in."""
+
+    replicas: int
+    payments: int
+    crash_rate: float
+    providers: dict[str, tuple[bool, Faults]]
+
+    def describe(self) -> str:
+        honours = ", ".join(
+            f"{name} ({'honours' if keys else 'ignores'} keys"
+            f"{', outages' if faults.outages else ''})"
+            for name, (keys, faults) in self.providers.items()
+        )
+        return (
+            f"{self.replicas} replica(s), {self.payments} payment(s), "
+            f"crash rate {self.crash_rate:.3f}, providers {honours}"
+        )
+
+
+def choose(rng: random.Random) -> Scenario:
+    providers = {}
+    for name in ("alpha", "beta"):
+        outages: list[tuple[float, float]] = []
+        for _ in range(rng.choice((0, 0, 1, 2))):
+            start = EPOCH + rng.uniform(0, LOAD_SECONDS)
+            outages.append((start, start + rng.uniform(1, 15)))
+        faults = Faults(
+            refuse_rate=rng.choice((0.0, 0.1, 0.3)),
+            timeout_rate=rng.choice((0.0, 0.1, 0.3)),
+            processed_on_timeout=rng.random(),
+            drop_rate=rng.choice((0.0, 0.1, 0.2)),
+            outages=tuple(outages),
+            webhook_rate=rng.choice((0.0, 0.5, 1.0)),
+            duplicate_rate=rng.choice((0.0, 0.3)),
+            max_webhook_delay=rng.choice((0.1, 2.0, 8.0)),
+            stray_failure_rate=rng.choice((0.0, 0.5, 1.0)),
+        )
+        providers[name] = (rng.random() < 0.6, faults)
+    return Scenario(
+        replicas=rng.choice((1, 2, 2, 3)),
+        payments=rng.randint(2, 6),
+        crash_rate=rng.choice((0.0, 0.002, 0.01)),
+        providers=providers,
+    )
+
+
+@contextmanager
+def simulated_event_time(scheduler: Scheduler) -> Iterator[None]:
+    """eventsourcing stamps each event with the wall clock; in a run it is simulated time."""
+    original = eventsourcing.domain.datetime_now_with_tzinfo
+    eventsourcing.domain.datetime_now_with_tzinfo = scheduler.datetime
+    try:
+        yield
+    finally:
+        eventsourcing.domain.datetime_now_with_tzinfo = original
+
+
+class Replica:
+    """One payorch process: its own application, breakers and background workers, on the
+    shared store. A crash loses all of it but what the store committed."""
+
+    def __init__(self, world: World, host: Host) -> None:
+        self.host = host
+        sched = world.scheduler
+        routes = {
+            name: resilient_route(
+                name,
+                name,
+                provider,
+                PROVIDER_SPEC,
+                world.stats,
+                clock=sched.monotonic,
+                sleep=sched.sleep,
+                jitter=full_jitter(world.rng),
+            )
+            for name, provider in world.providers.items()
+        }
+        router = Router(routes, {"EU": ["alpha", "beta"], "US": ["beta"]})
+        store = world.store
+
+        class SimulatedPayments(Payments):
+            def construct_recorder(self) -> SimulatedStore:
+                return store
+
+        owners = world.rng
+
+        self.app = SimulatedPayments(
+            {"PERSISTENCE_MODULE": "eventsourcing.popo"},
+            router=router,
+            clock=sched.datetime,
+            sleep=sched.sleep,
+            monotonic=sched.monotonic,
+            new_owner=lambda: f"{host.name}.{host.incarnation}.{owners.getrandbits(32):08x}",
+            recovery_schedule=SCHEDULE,
+        )
+        world.apps.append(self.app)
+        self.intake = WebhookIntake(self.app, webhook_verifiers(router), clock=sched.wall)
+        self.recovery = RecoveryWorker(self.app, interval=0.5)
+        self.consumer = WebhookProcessor(self.app, interval=0.5)
+        for name, loop in (("recovery", self.recovery), ("webhooks", self.consumer)):
+            sched.spawn(
+                f"{host.name}.{name}",
+                _forever(sched, loop.run_once, loop.interval),
+                host=host,
+                at=sched.now + world.rng.uniform(0, loop.interval),
+            )
+
+
+# Each provider as a TOML table would configure it: tight, so that faults trip breakers and
+# timeouts often within a short run.
+PROVIDER_SPEC = {
+    "timeout": CALL_TIMEOUT,
+    "attempt_timeout": 0.4,
+    "retry": {"base": 0.05, "max": 0.4, "max_attempts": 3},
+    "breaker": {"failure_threshold": 3, "open_seconds": 5.0, "half_open_trials": 1},
+}
+
+
+def _forever(sched: Scheduler, once: Callable[[], int], interval: float) -> Callable[[], None]:
+    def loop() -> None:
+        while True:
+            once()
+            sched.sleep(interval)
+
+    return loop
+
+
+@dataclass
+class World:
+    seed: int
+    rng: random.Random = field(init=False)
+    scheduler: Scheduler = field(init=False)
+    scenario: Scenario = field(init=False)
+    store: SimulatedStore = field(init=False)
+    providers: dict[str, SimulatedProvider] = field(init=False)
+    replicas: dict[str, Replica] = field(init=False)
+    hosts: list[Host] = field(init=False)
+    answers: dict[str, list[Answer]] = field(default_factory=dict)  # by idempotency key
+    refused: list[str] = field(default_factory=list)  # keys refused as reused
+    crashes: list[str] = field(default_factory=list)
+    payment_ids: list[str] = field(default_factory=list)
+    stats: Stats = field(default_factory=Stats)  # what every replica's resilient layer did
+    apps: list[Payments] = field(default_factory=list)  # every replica's, crashed ones too
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        self.scenario = choose(self.rng)
+        self.scheduler = Scheduler(self.rng, crash_rate=self.scenario.crash_rate)
+        self.scheduler.on_crash = self._crashed
+        self.store = SimulatedStore.open(self.scheduler)
+        self.providers = {
+            name: SimulatedProvider(
+                name,
+                keys,
+                self.scheduler,
+                self.rng,
+                faults,
+                secret=f"whsec_{name}".encode(),
+            )
+            for name, (keys, faults) in self.scenario.providers.items()
+        }
+        self.hosts = [Host(f"replica{i}") for i in range(self.scenario.replicas)]
+        self.replicas = {}
+
+    def any_app(self) -> Payments:
+        """A live replica's application, to read the shared store through."""
+        return self.replicas[self.hosts[0].name].app
+
+    def recovery_counts(self) -> dict[str, int]:
+        """What every replica's resolutions did, added up."""
+        counts: dict[str, int] = {}
+        for app in self.apps:
+            for name, n in app.recovery_stats.snapshot().items():
+                counts[name] = counts.get(name, 0) + n
+        return counts
+
+    # --- the run ----------------------------------------------------------------------
+
+    def run(self) -> None:
+        sched = self.scheduler
+        with simulated_event_time(sched):
+            for host in self.hosts:
+                self.replicas[host.name] = Replica(self, host)
+            for i in range(self.scenario.payments):
+                at = EPOCH + self.rng.uniform(0, LOAD_SECONDS / 2)
+                sched.spawn(f"customer{i}", self._customer(i), at=at)
+            for name in self.providers:
+                sched.spawn(f"{name}.webhooks", self._postman(name), at=EPOCH)
+            sched.run(until=EPOCH + LOAD_SECONDS)
+            # The storm ends: no more faults or crashes, every replica back up.
+            sched.crash_rate = 0.0
+            for provider in self.providers.values():
+                provider.quiet = True
+            for host in self.hosts:
+                if not host.alive:
+                    self._restart(host)
+            sched.run(until=EPOCH + LOAD_SECONDS + SETTLE_SECONDS)
+            self.replays = self._replay_all()
+
+    def _crashed(self, host: Host, where: str) -> None:
+        sched = self.scheduler
+        self.crashes.append(f"{host.name} at {sched.now - EPOCH:.3f} s {where}")
+        sched.spawn(
+            f"{host.name}.restart",
+            lambda: self._restart(host),
+            at=sched.now + self.rng.uniform(0.1, 3.0),
+            crash_points=False,
+        )
+
+    def _restart(self, host: Host) -> None:
+        if host.alive:
+            return
+        host.alive = True
+        host.incarnation += 1
+        self.replicas[host.name] = Replica(self, host)
+
+    # --- callers ----------------------------------------------------------------------
+
+    def call(self, name: str, request: Any, command: Callable[[Payments], Payment]) -> Any:
+        """Calls a live replica as a gRPC client would: a crash or a retryable error is
+        retried with the same key after a pause; returns the payment or the final error."""
+        sched = self.scheduler
+        for _ in range(40):
+            live = [h for h in self.hosts if h.alive]
+            if not live:
+                sched.sleep(0.5)
+                continue
+            host = live[self.rng.randrange(len(live))]
+            replica = self.replicas[host.name]
+            before = sched.bind(host)
+            try:
+                payment = command(replica.app)
+            except Crashed:
+                sched.bind(before)
+                sched.sleep(self.rng.uniform(0.05, 1.0))  # UNAVAILABLE: the connection died
+                continue
+            except RETRYABLE as e:
+                sched.bind(before)
+                sched.sleep(min(max(e.retry_after or 0.1, 0.05), 2.0))
+                continue
+            except DomainError as e:
+                sched.bind(before)
+                return e
+            sched.bind(before)
+            self._remember(request, payment)
+            return payment
+        return None
+
+    def _remember(self, request: Any, payment: Payment) -> None:
+        if payment.status in (Status.PROCESSING, Status.REQUIRES_REVIEW):
+            return  # an answer in doubt is not a stored result: it shows what is known now
+        self.answers.setdefault(request.idempotency_key, []).append(
+            Answer(request, summary(payment))
+        )
+
+    def _customer(self, i: int) -> Callable[[], None]:
+        rng = self.rng
+        sched = self.scheduler
+
+        def deadline() -> float:
+            return sched.monotonic() + CALLER_DEADLINE
+
+        def run() -> None:
+            request = CreatePayment(
+                idempotency_key=f"order-{i}-create",
+                amount=rng.choice((1000, 2500, 999)),
+                currency="EUR",
+                payment_method=DECLINING_METHOD if rng.random() < 0.15 else "pm_card_visa",
+                region=rng.choice(("EU", "EU", "US")),
+                capture_mode=rng.choice(("manual", "automatic")),
+                reference=f"order-{i}",
+            )
+            create = _command_of(request, deadline)
+            self._duplicates(request, create)
+            created = self.call(f"customer{i}", request, create)
+            if not isinstance(created, Payment):
+                return
+            self.payment_ids.append(str(created.id))
+            pid = str(created.id)
+            for step in range(rng.randint(0, 3)):
+                sched.sleep(rng.uniform(0, 3))
+                key = f"order-{i}-op{step}"
+                choice = rng.random()
+                follow: Any
+                if choice < 0.45:
+                    amount = rng.choice((0, 0, 300))
+                    follow = CapturePayment(idempotency_key=key, payment_id=pid, amount=amount)
+                elif choice < 0.65:
+                    follow = CancelPayment(idempotency_key=key, payment_id=pid)
+                else:
+                    amount = rng.choice((0, 100))
+                    follow = RefundPayment(idempotency_key=key, payment_id=pid, amount=amount)
+                command = _command_of(follow, deadline)
+                self._duplicates(follow, command)
+                self.call(f"customer{i}", follow, command)
+
+        return run
+
+    def _duplicates(self, request: Any, command: Callable[[Payments], Payment]) -> None:
+        """Sometimes the caller (or its load balancer) sends the same command twice at once;
+        sometimes a buggy caller sends another command under the same key."""
+        if self.rng.random() < 0.3:
+            self.scheduler.spawn(
+                f"duplicate {request.idempotency_key}",
+                lambda: self.call("duplicate", request, command),
+            )
+        if isinstance(request, CreatePayment) and self.rng.random() < 0.1:
+            other = replace(request, amount=request.amount + 1)
+            self.scheduler.spawn(
+                f"reuse {request.idempotency_key}",
+                lambda: self.call("reuse", other, _command_of(other)),
+            )
+
+    # --- webhooks on their way ---------------------------------------------------------
+
+    def _postman(self, name: str) -> Callable[[], None]:
+        provider = self.providers[name]
+        sched = self.scheduler
+
+        def run() -> None:
+            while True:
+                due = [w for w in provider.outbox if w.due <= sched.now]
+                for webhook in due:
+                    provider.outbox.remove(webhook)
+                    if not self._deliver(webhook.provider, webhook.headers, webhook.body):
+                        webhook.due = sched.now + self.rng.uniform(0.1, 1.0)  # retried later
+                        provider.outbox.append(webhook)
+                upcoming = min((w.due for w in provider.outbox), default=sched.now + 0.5)
+                sched.sleep(max(upcoming - sched.now, 0.01))
+
+        return run
+
+    def _deliver(self, provider: str, headers: dict[str, str], body: bytes) -> bool:
+        sched = self.scheduler
+        live = [h for h in self.hosts if h.alive]
+        if not live:
+            return False
+        host = live[self.rng.randrange(len(live))]
+        before = sched.bind(host)
+        try:
+            self.replicas[host.name].intake.receive(provider, headers, body)
+        except Crashed:
+            return False
+        finally:
+            sched.bind(before)
+        return True
+
+    # --- after the run ------------------------------------------------------------------
+
+    def _replay_all(self) -> list[tuple[str, tuple[Any, ...], Any]]:
+        """Every command that got a definite answer, sent again once the world is quiet:
+        (key, first answer, what the replay answers)."""
+        results: list[tuple[str, tuple[Any, ...], Any]] = []
+
+        def replay() -> None:
+            for key, answers in sorted(self.answers.items()):
+                first = answers[0]
+                again = self.call("replay", first.request, _command_of(first.request))
+                results.append(
+                    (key, first.summary, summary(again) if isinstance(again, Payment) else again)
+                )
+
+        self.scheduler.spawn("replays", replay, crash_points=False)
+        self.scheduler.run(until=self.scheduler.now + 10)
+        return results
+
+
+def _command_of(
+    request: Any, deadline: Callable[[], float | None] = lambda: None
+) -> Callable[[Payments], Payment]:
+    """The application call a request makes, with the caller's deadline taken per call."""
+    method = {
+        "CreatePayment": "create_payment",
+        "CapturePayment": "capture_payment",
+        "CancelPayment": "cancel_payment",
+        "RefundPayment": "refund_payment",
+    }[request.name]
+    return lambda app: getattr(app, method)(request, scope=SCOPE, answer_by=deadline())
+
+
+def summary(payment: Payment) -> tuple[Any, ...]:
+    return (
+        str(payment.id),
+        payment.version,
+        payment.status.value,
+        payment.captured_amount,
+        payment.refunded_amount,
+    )
+
+
+def request_fingerprint(request: Any) -> str:
+    return fingerprint(request.name, request.validated().parameters())
