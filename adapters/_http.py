@@ -106,6 +106,11 @@ class HttpAdapter:
     _http: ProviderHttp
     _webhooks: WebhookVerifier | None = None
 
+    @property
+    def has_webhook_secret(self) -> bool:
+        """Whether it can verify its provider's webhooks: without a secret it refuses all."""
+        return self._webhooks is not None
+
     def verify_webhook(
         self, headers: Mapping[str, str], body: bytes, *, now: float
     ) -> list[WebhookEvent]:

@@ -167,11 +167,5 @@ def webhook_secrets(spec: Mapping[str, Any], *, owner: str) -> list[Secret]:
     return secrets
 
 
-def configures_webhook_secret(spec: Mapping[str, Any]) -> bool:
-    """Whether a provider's table names a webhook secret of its own: exactly when
-    ``webhook_secrets`` reads one (or refuses the table), so the two never disagree."""
-    return _mentions(spec, "webhook_secret")
-
-
 def _mentions(spec: Mapping[str, Any], name: str) -> bool:
     return any(key in spec for key in (name, f"{name}_env", f"{name}_file"))

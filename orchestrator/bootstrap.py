@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters._webhooks import configures_webhook_secret
 from adapters.sandbox import SandboxAdapter
 from adapters.sandbox import from_config as sandbox_from_config
 from orchestrator.application import DEFAULT_RECOVERY_SCHEDULE, Payments
@@ -96,9 +95,6 @@ class Configuration:
     router: Router
     recovery: RecoverySettings
     stats: Stats  # what the resilient layer did, across every provider
-    # Providers that take webhooks but have no secret to verify them with: their endpoint
-    # refuses every delivery (401), which is only ever noticed if start-up says so.
-    without_webhook_secret: frozenset[str] = frozenset()
 
 
 def load_configuration(
@@ -120,28 +116,20 @@ def load_configuration(
         adapter = SandboxAdapter(sandbox_url, name="sandbox", webhook_secrets=secrets)
         route = resilient_route("sandbox", "sandbox", adapter, {}, stats)
         return Configuration(
-            Router({"sandbox": route}, {DEFAULT_ROUTE: ["sandbox"]}),
-            RecoverySettings(),
-            stats,
-            frozenset() if secrets else frozenset({"sandbox"}),
+            Router({"sandbox": route}, {DEFAULT_ROUTE: ["sandbox"]}), RecoverySettings(), stats
         )
     config = tomllib.loads(Path(config_path).read_text())
-    providers: dict[str, Route] = {}
-    without_secret: set[str] = set()
-    for name, table in config.get("providers", {}).items():
-        spec = _with_sandbox_url(table, sandbox_url)
-        route = build_route(name, spec, stats, sandbox_webhook_secret=sandbox_webhook_secret)
-        providers[name] = route
-        own = configures_webhook_secret(spec)
-        if not own and not (route.kind == "sandbox" and sandbox_webhook_secret is not None):
-            without_secret.add(name)
+    providers = {
+        name: build_route(
+            name,
+            _with_sandbox_url(spec, sandbox_url),
+            stats,
+            sandbox_webhook_secret=sandbox_webhook_secret,
+        )
+        for name, spec in config.get("providers", {}).items()
+    }
     routes = {str(key): list(names) for key, names in config.get("routes", {}).items()}
-    return Configuration(
-        Router(providers, routes),
-        _recovery(config.get("recovery", {})),
-        stats,
-        frozenset(without_secret),
-    )
+    return Configuration(Router(providers, routes), _recovery(config.get("recovery", {})), stats)
 
 
 def load_router(config_path: str | None, sandbox_url: str | None) -> Router:
@@ -220,7 +208,7 @@ def warn_of_webhooks_without_secret(config: Configuration) -> None:
     provider and its endpoint, never a secret."""
     for kind, verifiers in sorted(webhook_verifiers(config.router).items()):
         for verifier in verifiers:
-            if verifier.name in config.without_webhook_secret:
+            if not getattr(verifier.verifier, "has_webhook_secret", True):
                 where = "its table's webhook_secret_env or webhook_secret_file"
                 if kind == "sandbox":
                     where = f"PAYORCH_SANDBOX_WEBHOOK_SECRET(_FILE) or {where}"
