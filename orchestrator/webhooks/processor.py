@@ -223,7 +223,16 @@ def _operation(payment: Payment, delivery: WebhookDelivery, kind: Kind) -> Opera
     if kind is Kind.AUTHORIZE and payment.operations:
         op = payment.operations[0]
     elif (in_doubt := payment.operation_in_doubt) is not None and in_doubt.kind is kind:
-        op = in_doubt  # without the key, only an operation of that kind in doubt can be meant
+        # Without the key, only an operation of that kind in doubt can be meant, and only if
+        # it is the payment's one operation of that kind: a late event of an earlier partial
+        # capture or refund would otherwise settle one the provider may never have received.
+        # Recovery's lookup, by key, settles the rest.
+        alike = sum(o.kind is kind for o in payment.operations)
+        if alike > 1:
+            return (
+                f"names no attempt, and the payment has {alike} {kind.value} operations: unchanged"
+            )
+        op = in_doubt
     else:
         return "no matching operation"
     return _not_about(payment, delivery, f"operation {op.sequence}", op.provider) or op

@@ -184,3 +184,43 @@ def test_a_capture_event_about_the_payment_at_its_provider_resolves_the_capture(
     assert effect == "resolved operation 2"
     after = app.get_payment(payment.id)
     assert (after.status, after.captured_amount) == (Status.CAPTURED, 1000)
+
+
+def refunds_at_the_sandbox() -> Payment:
+    """A first refund of 100 that succeeded, then a second one (the rest) in doubt."""
+    payment = captured_at_the_sandbox()
+    first = payment.start_refund(100, reason="", deadline=NOW, cause=CAUSE)
+    payment.record_success(first.sequence, provider_reference="sbx_pay_ours", amount=100,
+                           caused_by=CAUSE)  # fmt: skip
+    second = payment.start_refund(None, reason="", deadline=NOW, cause=CAUSE)
+    payment.record_unknown(second.sequence, message="timed out", caused_by=CAUSE)
+    return payment
+
+
+def test_an_event_without_a_key_does_not_settle_one_of_several_operations_of_its_kind(
+    app: Payments,
+) -> None:
+    """Found by the simulator (seeds 2162, 5114): the late event of the first refund, which
+    names no key, "refunded" the second one, which the provider never received. payorch
+    reported 1000 refunded where the provider had refunded 100."""
+    payment = refunds_at_the_sandbox()
+    app.save(payment)
+    effect = deliver(
+        app, "sandbox", WebhookKind.REFUND_SUCCEEDED, payment_id=str(payment.id),
+        provider_reference="sbx_pay_ours", amount=100,
+    )  # fmt: skip
+    assert effect == "names no attempt, and the payment has 2 refund operations: unchanged"
+    after = app.get_payment(payment.id)
+    assert (after.status, after.refunded_amount) == (Status.PROCESSING, 100)
+
+
+def test_an_event_without_a_key_settles_the_only_operation_of_its_kind_in_doubt(
+    app: Payments,
+) -> None:
+    payment = capture_in_doubt_at_the_sandbox()
+    app.save(payment)
+    effect = deliver(
+        app, "sandbox", WebhookKind.CAPTURE_SUCCEEDED, payment_id=str(payment.id),
+        provider_reference="sbx_pay_ours", amount=1000,
+    )  # fmt: skip
+    assert effect == "resolved operation 2"
