@@ -16,11 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-# The recorders that also write the tamper-evident chain (see orchestrator.audit.chain).
+# The recorders that also write the tamper-evident chain (see orchestrator.audit.chain)...
 RECORDER_TOPICS = {
     "sqlite": "orchestrator.audit.chain:ChainedSQLiteRecorder",
     "postgres": "orchestrator.audit.chain:ChainedPostgresRecorder",
 }
+# ...and the same, their concurrent saves sharing transactions (orchestrator.batching): the
+# default. PAYORCH_GROUP_COMMIT=off writes every save in its own transaction.
+GROUP_COMMIT_TOPICS = {
+    "sqlite": "orchestrator.batching:GroupCommitSQLiteRecorder",
+    "postgres": "orchestrator.batching:GroupCommitPostgresRecorder",
+}
+GROUP_COMMIT_VARIABLE = "PAYORCH_GROUP_COMMIT"
 
 DEFAULT_DATABASE_URL = "sqlite:///payorch.db"
 # Any constant will do: it names "payorch schema creation" among advisory locks.
@@ -35,7 +42,14 @@ class StoreConfig:
     conninfo: dict[str, str]  # libpq keywords (postgres only)
 
 
-def parse_database_url(url: str, *, pool_size: int = 8, max_overflow: int = 24) -> StoreConfig:
+def parse_database_url(
+    url: str, *, pool_size: int = 8, max_overflow: int = 24, group_commit: bool | None = None
+) -> StoreConfig:
+    """``group_commit`` None: from PAYORCH_GROUP_COMMIT (on unless ``off``, ``0``, ``false``
+    or ``no``)."""
+    if group_commit is None:
+        group_commit = group_commit_from_env()
+    topics = GROUP_COMMIT_TOPICS if group_commit else RECORDER_TOPICS
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         # sqlite:///relative/path and sqlite:////absolute/path, as SQLAlchemy spells them.
@@ -47,7 +61,7 @@ def parse_database_url(url: str, *, pool_size: int = 8, max_overflow: int = 24) 
         env = {
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",
             "SQLITE_DBNAME": path,
-            "PROCESS_RECORDER_TOPIC": RECORDER_TOPICS["sqlite"],
+            "PROCESS_RECORDER_TOPIC": topics["sqlite"],
         }
         return StoreConfig("sqlite", env, f"sqlite:///{path}", {})
     if parts.scheme in ("postgresql", "postgres"):
@@ -69,7 +83,7 @@ def parse_database_url(url: str, *, pool_size: int = 8, max_overflow: int = 24) 
             "POSTGRES_MAX_OVERFLOW": str(max_overflow),
             "POSTGRES_CONNECT_TIMEOUT": "10",
             "POSTGRES_PRE_PING": "y",
-            "PROCESS_RECORDER_TOPIC": RECORDER_TOPICS["postgres"],
+            "PROCESS_RECORDER_TOPIC": topics["postgres"],
             # Its insert function bypasses the recorder that writes the audit chain.
             "POSTGRES_ENABLE_DB_FUNCTIONS": "n",
         }
@@ -81,6 +95,15 @@ def parse_database_url(url: str, *, pool_size: int = 8, max_overflow: int = 24) 
     raise ValueError(
         f"unsupported database URL scheme {parts.scheme!r}: use sqlite:///path or postgresql://..."
     )
+
+
+def group_commit_from_env() -> bool:
+    value = os.environ.get(GROUP_COMMIT_VARIABLE, "on").strip().lower()
+    if value in ("on", "1", "true", "yes", ""):
+        return True
+    if value in ("off", "0", "false", "no"):
+        return False
+    raise ValueError(f"{GROUP_COMMIT_VARIABLE} is on or off, not {value!r}")
 
 
 def _postgres_password(from_url: str) -> str:
