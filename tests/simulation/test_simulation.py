@@ -19,6 +19,7 @@ from tests.simulation.witnesses import (
     CALLER_LOOKUP,
     CONCURRENT_LOOKUPS,
     FOREIGN_EVENT,
+    KEYLESS_AMONG_SEVERAL,
     LEARNT_AFTER_ANSWER,
     UNSENT_LOOKUP,
 )
@@ -86,6 +87,7 @@ REGRESSIONS = {
     21: CONCURRENT_LOOKUPS,  # defect 3: two replicas recorded one step twice
     33: CALLER_LOOKUP,  # a capture retried on a payment in doubt spent the schedule
     1465: LEARNT_AFTER_ANSWER,  # a create answered in doubt replayed a later cancel
+    2162: KEYLESS_AMONG_SEVERAL,  # a first refund's late event "refunded" the second
 }
 
 

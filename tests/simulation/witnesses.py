@@ -18,6 +18,7 @@ UNSENT_LOOKUP = "a lookup in doubt that could not be sent (provider down, circui
 CONCURRENT_LOOKUPS = "two replicas looked up one step of the schedule together"
 CALLER_LOOKUP = "a caller's follow-up looked up an operation in doubt off the schedule"
 LEARNT_AFTER_ANSWER = "a command answered in doubt, and its outcome was learnt afterwards"
+KEYLESS_AMONG_SEVERAL = "an event without a key, about one of several operations of its kind"
 
 
 def witnesses(world: World) -> set[str]:
@@ -38,4 +39,6 @@ def witnesses(world: World) -> set[str]:
             effect = getattr(event, "effect", "")
             if "superseded" in effect or (" is at " in effect and ", not " in effect):
                 seen.add(FOREIGN_EVENT)
+            if effect.startswith("names no attempt"):
+                seen.add(KEYLESS_AMONG_SEVERAL)
     return seen
