@@ -5,10 +5,25 @@ applies to a payment, the delivery's ``Applied``/``Unmatched`` event and the new
 position commit in one transaction, so a crash or a second replica can neither skip a delivery
 nor apply one twice. Out-of-order and duplicate deliveries cannot regress a payment: the
 domain only resolves operations still in doubt, and records each reversal and dispute once.
+
+Its position also advances past the events it does not care about (every payment event):
+once it has applied every delivery up to the log's head, it records the head as its position.
+A pass that finds the head where it left it costs one indexed query (the log's largest id), so
+an idle server does no work that grows with the log.
+
+Why skipping to the head is safe: every id at or below the head is final when the head is
+read. On SQLite one writer at a time holds the write lock from insert to commit. On PostgreSQL
+eventsourcing's recorder takes ``LOCK TABLE <events> IN EXCLUSIVE MODE`` before each insert
+and holds it to commit (``PostgresApplicationRecorder._insert_stored_events``), so ids commit
+in the order they are issued and no lower id can become visible after a higher one. A writer
+that inserts without that lock (eventsourcing's ``POSTGRES_ENABLE_DB_FUNCTIONS``, or a batching
+recorder that drops it) would let this consumer skip a delivery for ever:
+``tests/integration/test_positions.py`` checks that a save still waits for the lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from uuid import UUID
 
@@ -63,22 +78,45 @@ class WebhookProcessor(BackgroundLoop):
         super().__init__(interval=interval)
         self.app = app
         self.batch = batch
+        # The head of the log up to which everything is known to be applied (by this consumer
+        # or another): a pass that finds the head still there has nothing to do.
+        self._caught_up_to = 0
 
     def position(self) -> int:
         return self.app.recorder.max_tracking_id(TRACKING_NAME) or 0  # type: ignore[attr-defined]
 
     def run_once(self) -> int:
         """Applies what was stored since the tracked position; returns how many."""
+        head = self.app.recorder.max_notification_id() or 0
+        if head <= self._caught_up_to:
+            return 0
         done = 0
         while True:
+            position = self.position()
             page = self.app.recorder.select_notifications(
-                start=self.position(), limit=self.batch, topics=_TOPICS, inclusive_of_start=False
+                start=position,
+                limit=self.batch,
+                stop=head,
+                topics=_TOPICS,
+                inclusive_of_start=False,
             )
             for notification in page:
                 self.process(UUID(str(notification.originator_id)), notification.id)
                 done += 1
-            if len(page) < self.batch or self.stopping:
+            if self.stopping:
                 return done
+            if len(page) < self.batch:
+                # Every delivery up to the head is applied: nothing below it can still appear
+                # (see the module's docstring), so the head is where the next pass starts.
+                self._advance(position, head)
+                return done
+
+    def _advance(self, position: int, head: int) -> None:
+        if head > position:
+            # IntegrityError: another consumer recorded a position at or past the head.
+            with contextlib.suppress(IntegrityError):
+                self.app.recorder.insert_tracking(Tracking(TRACKING_NAME, head))  # type: ignore[attr-defined]
+        self._caught_up_to = head
 
     def process(self, delivery_id: UUID, notification_id: int) -> str:
         for _ in range(_CONFLICTS):

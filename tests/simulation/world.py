@@ -145,7 +145,10 @@ class Replica:
         owners = world.rng
 
         self.app = SimulatedPayments(
-            {"PERSISTENCE_MODULE": "eventsourcing.popo"},
+            # Without eventsourcing's aggregate cache: its fast-forward holds a threading.Lock
+            # per aggregate across a store read, where the scheduler switches greenlets, and a
+            # second greenlet reading that aggregate would block the one thread they share.
+            {"PERSISTENCE_MODULE": "eventsourcing.popo", "AGGREGATE_CACHE_MAXSIZE": ""},
             router=router,
             clock=sched.datetime,
             sleep=sched.sleep,
