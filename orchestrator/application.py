@@ -62,6 +62,7 @@ from orchestrator.ports import (
     ProviderOutcomeUnknown,
 )
 from orchestrator.resilience.provider import Stats
+from orchestrator.results import DEFAULT_SIZE, KnownResult, ResultCache
 from orchestrator.routing import Route, Router
 
 log = logging.getLogger("payorch.payments")
@@ -119,6 +120,7 @@ class Payments(Application[UUID]):
         monotonic: Callable[[], float] = time.monotonic,
         new_owner: Callable[[], str] = lambda: uuid4().hex,
         recovery_schedule: Sequence[float] = DEFAULT_RECOVERY_SCHEDULE,
+        result_cache_size: int = DEFAULT_SIZE,
     ) -> None:
         """``clock``, ``sleep``, ``monotonic`` (what callers' ``answer_by`` deadlines are
         measured on) and ``new_owner`` (a command's owner token) are injectable, so that the
@@ -133,6 +135,7 @@ class Payments(Application[UUID]):
             raise ValueError("the recovery schedule needs at least one step")
         self.recovery_schedule = tuple(recovery_schedule)
         self.recovery_stats = Stats()
+        self.results = ResultCache(result_cache_size)  # definite answers: replays read nothing
 
     def construct_recorder(self) -> ProcessRecorder:
         # A process recorder: the application recorder plus a tracking table, so that what
@@ -433,6 +436,7 @@ class Payments(Application[UUID]):
                 if record.completed:
                     return self._result(record)
                 continue
+            self._remember(record, payment)
             return payment
         raise ConcurrentModification("could not record the provider's answer; retry with the key")
 
@@ -582,6 +586,9 @@ class Payments(Application[UUID]):
         return record
 
     def _replay_if_known(self, cid: UUID, cmd: Command, answer_by: float | None) -> Payment | None:
+        if (known := self.results.get(cid)) is not None:
+            _refuse_if_reused(known.fingerprint, known.name, cmd)
+            return known.payment
         record = self.find_command(cid)
         return None if record is None else self._replay(record, cmd, answer_by)
 
@@ -597,8 +604,7 @@ class Payments(Application[UUID]):
         return self._replay(record, cmd, answer_by)
 
     def _replay(self, record: CommandRecord, cmd: Command, answer_by: float | None) -> Payment:
-        if record.fingerprint != fingerprint(cmd.name, cmd.parameters()):
-            raise IdempotencyKeyReused(cmd.idempotency_key, record.name)
+        _refuse_if_reused(record.fingerprint, record.name, cmd)
         poll = _POLL_START
         while not record.completed:
             if self.clock() >= record.lease_until:
@@ -618,7 +624,22 @@ class Payments(Application[UUID]):
             # It answered "in doubt" and nothing has learnt the outcome since: show what is
             # known now. Once recovery or a webhook learns it, the result is fixed there.
             return self.get_payment(record.payment_id)
-        return self.get_payment(record.payment_id, version=record.payment_version)
+        payment = self.get_payment(record.payment_id, version=record.payment_version)
+        self._remember(record, payment)
+        return payment
+
+    def _remember(self, record: CommandRecord, payment: Payment) -> None:
+        """Keeps a definite answer for the command's replays: the payment as of the version
+        the command completed at. An answer in doubt is never kept (it changes once the
+        outcome is learnt), nor a payment read at another version."""
+        if record.completed and not record.in_doubt and payment.version == record.payment_version:
+            self.results.put(record.id, KnownResult(record.name, record.fingerprint, payment))
+
+
+def _refuse_if_reused(recorded: str, name: str, cmd: Command) -> None:
+    """The same key with other parameters is another request: refused, never replayed."""
+    if recorded != fingerprint(cmd.name, cmd.parameters()):
+        raise IdempotencyKeyReused(cmd.idempotency_key, name)
 
 
 def apply_outcome(

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, TypeVar
@@ -22,6 +24,7 @@ from orchestrator.domain.command import DEFAULT_SCOPE
 from orchestrator.domain.errors import DomainError, InvalidArgument
 from orchestrator.domain.payment import CaptureMode as DomainCaptureMode
 from orchestrator.domain.payment import Kind, Operation, OpStatus, Payment, Status
+from orchestrator.results import DEFAULT_SIZE
 
 log = logging.getLogger("payorch.api")
 T = TypeVar("T")
@@ -66,8 +69,9 @@ _FOLLOW_POLL = 0.1  # seconds between looks for new events while following
 
 
 class PaymentOrchestratorServicer(payments_pb2_grpc.PaymentOrchestratorServicer):
-    def __init__(self, app: Payments) -> None:
+    def __init__(self, app: Payments, *, rendered: int = DEFAULT_SIZE) -> None:
         self.app = app
+        self.answers = RenderedAnswers(rendered)
 
     def CreatePayment(  # noqa: N802 (gRPC method names)
         self, request: pb.CreatePaymentRequest, context: grpc.ServicerContext
@@ -82,7 +86,7 @@ class PaymentOrchestratorServicer(payments_pb2_grpc.PaymentOrchestratorServicer)
             reference=request.reference,
             metadata=dict(request.metadata),
         )
-        return _answer(context, lambda: to_proto(self.app.create_payment(
+        return _answer(context, lambda: self.answers.of(self.app.create_payment(
             command, scope=_scope(context), answer_by=_answer_by(context)
         )))  # fmt: skip
 
@@ -90,7 +94,7 @@ class PaymentOrchestratorServicer(payments_pb2_grpc.PaymentOrchestratorServicer)
         self, request: pb.CapturePaymentRequest, context: grpc.ServicerContext
     ) -> pb.Payment:
         command = CapturePayment(request.idempotency_key, request.payment_id, request.amount)
-        return _answer(context, lambda: to_proto(self.app.capture_payment(
+        return _answer(context, lambda: self.answers.of(self.app.capture_payment(
             command, scope=_scope(context), answer_by=_answer_by(context)
         )))  # fmt: skip
 
@@ -98,7 +102,7 @@ class PaymentOrchestratorServicer(payments_pb2_grpc.PaymentOrchestratorServicer)
         self, request: pb.CancelPaymentRequest, context: grpc.ServicerContext
     ) -> pb.Payment:
         command = CancelPayment(request.idempotency_key, request.payment_id)
-        return _answer(context, lambda: to_proto(self.app.cancel_payment(
+        return _answer(context, lambda: self.answers.of(self.app.cancel_payment(
             command, scope=_scope(context), answer_by=_answer_by(context)
         )))  # fmt: skip
 
@@ -108,7 +112,7 @@ class PaymentOrchestratorServicer(payments_pb2_grpc.PaymentOrchestratorServicer)
         command = RefundPayment(
             request.idempotency_key, request.payment_id, request.amount, request.reason
         )
-        return _answer(context, lambda: to_proto(self.app.refund_payment(
+        return _answer(context, lambda: self.answers.of(self.app.refund_payment(
             command, scope=_scope(context), answer_by=_answer_by(context)
         )))  # fmt: skip
 
@@ -147,6 +151,38 @@ class PaymentOrchestratorServicer(payments_pb2_grpc.PaymentOrchestratorServicer)
                 if not request.follow:
                     return
                 time.sleep(_FOLLOW_POLL)
+
+
+class RenderedAnswers:
+    """The messages of the payments that commands answered, by the object's identity.
+
+    A replay answered from the application's result cache returns the very ``Payment`` object
+    an earlier call returned, so its message is built once, not on every replay. An entry
+    holds the object, so that its ``id`` cannot be reused while the entry lives; the objects
+    the application returns are never changed afterwards. Bounded, least recently used out.
+    The message, not its bytes: serializing it is 0.3 us, building it 10 us (measured), and
+    gRPC serializes under the GIL, so one shared message is safe."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._entries: OrderedDict[int, tuple[Payment, pb.Payment]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def of(self, payment: Payment) -> pb.Payment:
+        key = id(payment)
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None and found[0] is payment:
+                self._entries.move_to_end(key)
+                return found[1]
+        message = to_proto(payment)
+        if self.maxsize:
+            with self._lock:
+                self._entries[key] = (payment, message)
+                self._entries.move_to_end(key)
+                while len(self._entries) > self.maxsize:
+                    self._entries.popitem(last=False)
+        return message
 
 
 def _scope(context: grpc.ServicerContext) -> str:
