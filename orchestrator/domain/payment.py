@@ -121,6 +121,12 @@ class Operation:
     last_checked: datetime | None = None
     review_required: bool = False
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Operation:
+        # Frozen, and every field immutable: a copy of a payment (the aggregate cache hands
+        # out deep copies) may share its operations. Copying each one made reading a payment
+        # of hundreds of operations cost 30 times more than the rest of the read.
+        return self
+
 
 def provider_key(payment_id: UUID, sequence: int, kind: Kind, attempt: int) -> str:
     """The idempotency key sent to the provider for one attempt of one operation.

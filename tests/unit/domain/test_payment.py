@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
@@ -313,3 +314,14 @@ def test_every_event_records_what_caused_it() -> None:
         "provider": "sandbox",
         "event_id": "evt_1",
     }
+
+
+def test_a_copy_of_a_payment_shares_its_immutable_operations_and_changes_alone() -> None:
+    # What the aggregate cache hands out: a copy that a failed command may change freely.
+    payment = authorized()
+    clone = copy.deepcopy(payment)
+
+    assert clone.operations[0] is payment.operations[0]
+    clone.start_capture(None, deadline=DEADLINE, cause=CAUSE)
+    assert len(clone.operations) == 2
+    assert len(payment.operations) == 1
