@@ -20,7 +20,8 @@ forger who rewrites the whole chain. A cut of the newest events and their links 
 shorter chain: record the head ``audit verify`` prints and pass it back with ``--expect-head``.
 
 Ordering: on PostgreSQL the links are written under the table lock eventsourcing takes for
-every insert, so commit order and chain order agree; SQLite has one writer at a time.
+every insert (a group commit's batch takes the same lock, see ``orchestrator.batching``), so
+commit order and chain order agree; SQLite has one writer at a time.
 """
 
 from __future__ import annotations
@@ -126,14 +127,21 @@ class ChainedRecorder:
     def _append_links(self, cursor: Any, stored_events: Sequence[StoredEvent]) -> None:
         """Inside the events' transaction, with no other writer able to move the head."""
         cursor.execute(self.chain_sql.head)
-        row = cursor.fetchone()
-        seq, previous = (row["seq"], bytes(row["hash"])) if row else (0, GENESIS)
+        self._insert_links(cursor, self._next_links(cursor.fetchone(), stored_events))
+
+    def _next_links(self, head: Any, stored_events: Sequence[StoredEvent]) -> list[tuple[Any, ...]]:
+        """The links of ``stored_events`` after ``head`` (the newest link's row, or None):
+        seq, originator_id, originator_version, digest, hash."""
+        seq, previous = (head["seq"], bytes(head["hash"])) if head else (0, GENESIS)
         links = []
         for event in stored_events:
             oid = _as_uuid(event.originator_id)
             digest = content_digest(oid, event.originator_version, event.topic, event.state)
             seq, previous = seq + 1, link_hash(self.chain_key, previous, digest)
             links.append((seq, self._stored_id(oid), event.originator_version, digest, previous))
+        return links
+
+    def _insert_links(self, cursor: Any, links: list[tuple[Any, ...]]) -> None:
         cursor.executemany(self.chain_sql.insert_link, links)
 
     def chain_head(self) -> tuple[int, bytes]:
@@ -291,6 +299,12 @@ class ChainedPostgresRecorder(PostgresProcessRecorder, ChainedRecorder):
                 "ORDER BY originator_id, originator_version LIMIT %s"
             ).format(**names),
         )
+        # Every link of a save (or of a group commit's batch) in one statement: in psycopg's
+        # pipeline each statement is a result to process, in Python, under the table lock.
+        self.insert_links_statement = SQL(
+            "INSERT INTO {chain} SELECT * FROM unnest("
+            "%s::bigint[], %s::{id_type}[], %s::bigint[], %s::bytea[], %s::bytea[])"
+        ).format(**names)
         self.sql_create_statements.append(
             SQL(
                 "CREATE TABLE IF NOT EXISTS {chain} ("
@@ -310,6 +324,12 @@ class ChainedPostgresRecorder(PostgresProcessRecorder, ChainedRecorder):
             self._lock_table(curs)
             self._append_links(curs, stored_events)
         super()._insert_events(curs, stored_events, **kwargs)
+
+    def _insert_links(self, cursor: Any, links: list[tuple[Any, ...]]) -> None:
+        if len(links) == 1:
+            cursor.execute(self.chain_sql.insert_link, links[0])
+        else:
+            cursor.execute(self.insert_links_statement, [list(c) for c in zip(*links, strict=True)])
 
     def _rows(self, statement: Any, params: Sequence[Any] = ()) -> list[Any]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:

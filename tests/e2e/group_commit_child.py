@@ -59,12 +59,9 @@ class HoldingSQLiteRecorder(GroupCommitSQLiteRecorder, _Hold):
 
 
 class HoldingPostgresRecorder(GroupCommitPostgresRecorder, _Hold):
-    def _fetch_ids_after_insert_events(
-        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> Any:
-        ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
-        if "trackings" in kwargs:
-            self.hold_if_due(stored_events)
+    def _write_events(self, curs: Cursor[DictRow], events: Sequence[StoredEvent]) -> list[int]:
+        ids = super()._write_events(curs, events)
+        self.hold_if_due(events)
         return ids
 
 
