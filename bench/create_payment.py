@@ -41,6 +41,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from benchlib import add_machine_arguments, machine_busy_fraction
 
+from orchestrator.bootstrap import Settings
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
@@ -50,6 +52,12 @@ DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 # orchestrator/application.py saves the payment and its command record before calling the
 # provider, and the outcome after.
 ASSUMED_WRITES_PER_CREATE = 2.0
+# What `payorch serve` runs with when --server-workers is not given.
+DEFAULT_GRPC_WORKERS = Settings().grpc_workers
+# Issue 9's goals, printed beside the figures: creates and replays as fractions of the same
+# server's health-check rate, p99 over p50 at --concurrency, create p50 at 1 in flight.
+GOAL_CREATE_RATIO, GOAL_REPLAY_RATIO, GOAL_P99_OVER_P50, GOAL_SINGLE_P50_MS = 0.20, 0.60, 3.0, 4.0
+PHASES = ("health", "create", "replay", "single")
 
 _SANDBOX_LISTENING = re.compile(r"sandbox provider listening on (http://[\d.]+:\d+)")
 _PAYORCH_LISTENING = re.compile(r"payorch gRPC listening on ([\d.]+:\d+)")
@@ -68,7 +76,7 @@ class Options:
     duration: float
     runs: int
     commit_threads: int
-    server_workers: int
+    server_workers: int | None  # None: payorch serve's default
     call_timeout: float
     postgres_url: str
     quiet_threshold: float
@@ -76,6 +84,7 @@ class Options:
     noise_cores: float
     startup_timeout: float
     keep_tmp: bool
+    sandbox_latency_ms: int = 0  # the sandbox's added latency: a provider's wait, on purpose
 
 
 # --- child processes ----------------------------------------------------------------------
@@ -226,14 +235,16 @@ def load(
     watch_comm: dict[str, str] | None = None,
     keys_in: Path | None = None,
     keys_out: Path | None = None,
+    concurrency: int | None = None,
 ) -> dict[str, Any]:
+    """One load generator run; ``concurrency`` overrides ``--concurrency``."""
     quiet = wait_until_quiet(opts, f"{mode} load")
     argv = [
         sys.executable,
         str(BENCH / "loadgen.py"),
         f"--target={target}",
         f"--mode={mode}",
-        f"--concurrency={opts.concurrency}",
+        f"--concurrency={concurrency or opts.concurrency}",
         f"--warmup={opts.warmup}",
         f"--duration={opts.duration}",
         f"--call-timeout={opts.call_timeout}",
@@ -255,7 +266,7 @@ def empty_grpc_ceiling(opts: Options, tmp: Path) -> dict[str, Any]:
         sys.executable,
         str(BENCH / "empty_grpc_server.py"),
         "--listen=127.0.0.1:0",
-        f"--workers={opts.server_workers}",
+        f"--workers={opts.server_workers or DEFAULT_GRPC_WORKERS}",
     ]
     with child("empty gRPC server", argv, tmp / "empty_grpc_server.log") as server:
         target = server.wait_for(_EMPTY_LISTENING, opts.startup_timeout)[1]
@@ -344,16 +355,16 @@ def stored_events(backend: str, where: str) -> dict[str, int]:
     return {"events": row[0], "write_transactions": row[1]}
 
 
-def check_sandbox_url(url: str, timeout: float) -> None:
+def check_sandbox_url(url: str, timeout: float, *, latency_ms: int = 0) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
     while True:
         try:
             httpx.get(f"{url}/_sandbox/ledger", timeout=2).raise_for_status()
-            # "no added latency", whatever the defaults may become
+            # "no added latency" unless asked, whatever the defaults may become
             faults = {
-                "latency_ms": 0,
+                "latency_ms": latency_ms,
                 "error_rate": 0,
                 "timeout_rate": 0,
                 "drop_after_processing_rate": 0,
@@ -408,7 +419,7 @@ def run_backend(opts: Options, backend: str, tmp: Path) -> dict[str, Any]:
             )
         )
         sandbox_url = sandbox.wait_for(_SANDBOX_LISTENING, opts.startup_timeout)[1]
-        check_sandbox_url(sandbox_url, opts.startup_timeout)
+        check_sandbox_url(sandbox_url, opts.startup_timeout, latency_ms=opts.sandbox_latency_ms)
 
         server = stack.enter_context(
             child(
@@ -421,7 +432,7 @@ def run_backend(opts: Options, backend: str, tmp: Path) -> dict[str, Any]:
                     "--grpc-listen=127.0.0.1:0",
                     f"--database-url={database_url}",
                     f"--sandbox-url={sandbox_url}",
-                    f"--grpc-workers={opts.server_workers}",
+                    *([f"--grpc-workers={opts.server_workers}"] if opts.server_workers else []),
                 ],
                 work / "payorch.log",
             )
@@ -433,6 +444,9 @@ def run_backend(opts: Options, backend: str, tmp: Path) -> dict[str, Any]:
         watch_comm = {"postgres": "postgres"} if backend == "postgres" else {}
         keys = work / "keys.txt"
 
+        # the ceiling of this very server: its health checks, beside its creates and replays
+        result["health"] = load(opts, target, "health", watch=watch, watch_comm=watch_comm)
+        server.check_alive()
         ledger_before = ledger_counts(sandbox_url)
         events_before = stored_events(backend, where)
         result["create"] = load(
@@ -450,10 +464,22 @@ def run_backend(opts: Options, backend: str, tmp: Path) -> dict[str, Any]:
         server.check_alive()
         ledger_replayed = ledger_counts(sandbox_url)
         events_replayed = stored_events(backend, where)
+        # one caller at a time: a create's own latency, without queueing
+        result["single"] = load(
+            opts,
+            target,
+            "create",
+            watch=watch,
+            watch_comm=watch_comm,
+            keys_out=work / "single-keys.txt",
+            concurrency=1,
+        )
+        server.check_alive()
         result["ledger"] = {
             "before": ledger_before,
             "after_create": ledger_created,
             "after_replay": ledger_replayed,
+            "after_single": ledger_counts(sandbox_url),
         }
         result["stored"] = {
             "before": events_before,
@@ -495,7 +521,7 @@ def summarize(runs: list[dict[str, Any]], backends: list[str]) -> dict[str, Any]
     for backend in backends:
         per_run = [r["backends"][backend] for r in runs]
         s: dict[str, Any] = {}
-        for phase in ("create", "replay"):
+        for phase in PHASES:
             rs = [b[phase] for b in per_run]
             s[phase] = {
                 "rps": med(lambda r: r["throughput"], rs),
@@ -520,7 +546,12 @@ def summarize(runs: list[dict[str, Any]], backends: list[str]) -> dict[str, Any]
             for b in per_run
         )
         s["other_provider_calls"] = sum(
-            n for b in per_run for kind, n in b["ledger"]["after_replay"].items() if kind != auth
+            n for b in per_run for kind, n in b["ledger"]["after_single"].items() if kind != auth
+        )
+        s["single_new_keys"] = sum(b["single"]["keys_created"] for b in per_run)
+        s["authorizations_for_single"] = sum(
+            b["ledger"]["after_single"].get(auth, 0) - b["ledger"]["after_replay"].get(auth, 0)
+            for b in per_run
         )
         s["events_per_new_key"] = sum(
             b["stored"]["after_create"]["events"] - b["stored"]["before"]["events"] for b in per_run
@@ -581,7 +612,7 @@ def checks(summary: dict[str, Any], backends: list[str], opts: Options) -> list[
         failed.append(f"empty gRPC: {summary['empty_grpc']['non_ok']} non-OK answers")
     for backend in backends:
         s = summary[backend]
-        for phase in ("create", "replay"):
+        for phase in PHASES:
             if s[phase]["non_ok"]:
                 failed.append(f"{backend} {phase}: non-OK answers {s[phase]['non_ok_codes']}")
             if s[phase]["unexpected_status"]:
@@ -592,6 +623,11 @@ def checks(summary: dict[str, Any], backends: list[str], opts: Options) -> list[
             failed.append(
                 f"{backend}: {s['authorizations_for_creates']} sandbox authorizations for"
                 f" {s['new_keys']} new keys (expected one each)"
+            )
+        if s["authorizations_for_single"] != s["single_new_keys"]:
+            failed.append(
+                f"{backend}: {s['authorizations_for_single']} sandbox authorizations for"
+                f" {s['single_new_keys']} new keys at 1 in flight (expected one each)"
             )
         if s["authorizations_for_replays"]:
             failed.append(f"{backend}: {s['authorizations_for_replays']} authorizations on replay")
@@ -615,8 +651,8 @@ def noise_warnings(runs: list[dict[str, Any]], opts: Options) -> list[str]:
     for i, run in enumerate(runs, 1):
         look(f"run {i} empty gRPC", run["empty_grpc"]["cpu_cores"])
         for backend, b in run["backends"].items():
-            look(f"run {i} {backend} create", b["create"]["cpu_cores"])
-            look(f"run {i} {backend} replay", b["replay"]["cpu_cores"])
+            for phase in PHASES:
+                look(f"run {i} {backend} {phase}", b[phase]["cpu_cores"])
             for threads, c in b["commit_ceiling"].items():
                 look(f"run {i} {backend} commit rate ({threads} thr)", c["cpu_cores"])
     return warnings
@@ -655,7 +691,8 @@ def table(summary: dict[str, Any], backends: list[str], opts: Options) -> list[t
             ]
     for backend in backends:
         s = summary[backend]
-        create, replay = s["create"], s["replay"]
+        create, replay, health, single = s["create"], s["replay"], s["health"], s["single"]
+        h_rps = health["rps"]
         best = str(s["commit_ceiling_best_threads"])
         commits = s["commit_ceiling"][best]["commits_per_s"]
         writes = s["writes_per_create"]
@@ -665,17 +702,34 @@ def table(summary: dict[str, Any], backends: list[str], opts: Options) -> list[t
             ("", "", "", "", ""),
             (
                 backend,
+                f"health checks/s, same server ({inflight})",
+                _n(h_rps),
+                f"{_n(e_rps, 0)} rpc/s",
+                f"{h_rps / e_rps:.2f} of empty gRPC",
+            ),
+            (backend, "  p50 / p99 latency", _lat(health["p50_ms"], health["p99_ms"]), "", ""),
+            (
+                backend,
                 f"CreatePayment/s ({inflight})",
                 _n(create["rps"]),
-                f"{_n(e_rps, 0)} rpc/s",
-                f"{create['rps'] / e_rps:.2f} of empty gRPC",
+                f"{_n(h_rps, 0)} checks/s",
+                f"{create['rps'] / h_rps:.2f} of health (goal {GOAL_CREATE_RATIO:.2f})",
             ),
             (
                 backend,
                 "  p50 / p99 latency",
                 _lat(create["p50_ms"], create["p99_ms"]),
                 _lat(e50, e99),
-                f"{create['p50_ms'] / e50:.1f}x / {create['p99_ms'] / e99:.1f}x empty gRPC",
+                f"p99 {create['p99_ms'] / create['p50_ms']:.1f}x p50"
+                f" (goal <= {GOAL_P99_OVER_P50:g}x)",
+            ),
+            (
+                backend,
+                "CreatePayment at 1 in flight: p50 / p99",
+                _lat(single["p50_ms"], single["p99_ms"]),
+                f"{_n(single['rps'])} creates/s",
+                f"p50 {single['p50_ms']:.1f} ms"
+                + (f" (goal <= {GOAL_SINGLE_P50_MS:g} ms)" if backend == "sqlite" else ""),
             ),
             (
                 backend,
@@ -688,22 +742,23 @@ def table(summary: dict[str, Any], backends: list[str], opts: Options) -> list[t
                 backend,
                 f"replayed CreatePayment/s ({inflight})",
                 _n(replay["rps"]),
-                f"{_n(e_rps, 0)} rpc/s",
-                f"{replay['rps'] / e_rps:.2f} of empty gRPC",
+                f"{_n(h_rps, 0)} checks/s",
+                f"{replay['rps'] / h_rps:.2f} of health (goal {GOAL_REPLAY_RATIO:.2f})",
             ),
             (
                 backend,
                 "  p50 / p99 latency",
                 _lat(replay["p50_ms"], replay["p99_ms"]),
                 _lat(e50, e99),
-                f"{replay['p50_ms'] / e50:.1f}x / {replay['p99_ms'] / e99:.1f}x empty gRPC",
+                f"p99 {replay['p99_ms'] / replay['p50_ms']:.1f}x p50"
+                f" (goal <= {GOAL_P99_OVER_P50:g}x)",
             ),
             (
                 backend,
-                "non-OK answers (create / replay)",
-                f"{create['non_ok']} / {replay['non_ok']}",
-                "0 / 0",
-                ok if not (create["non_ok"] or replay["non_ok"]) else "FAILED",
+                "non-OK answers (create / replay / 1 in flight)",
+                f"{create['non_ok']} / {replay['non_ok']} / {single['non_ok']}",
+                "0 / 0 / 0",
+                ok if not (create["non_ok"] or replay["non_ok"] or single["non_ok"]) else "FAILED",
             ),
             (
                 backend,
@@ -728,6 +783,37 @@ def table(summary: dict[str, Any], backends: list[str], opts: Options) -> list[t
             ),
         ]
     return rows
+
+
+def goal_lines(summary: dict[str, Any], backends: list[str], opts: Options) -> list[str]:
+    """Issue 9's goals 1 to 3, each as met or not, from this run's figures."""
+    lines = ["goals (issue 9), this run:"]
+
+    def verdict(met: bool) -> str:
+        return "met" if met else "NOT met"
+
+    for backend in backends:
+        s = summary[backend]
+        h = s["health"]["rps"]
+        create, replay, single = s["create"], s["replay"], s["single"]
+        c_ratio, r_ratio = create["rps"] / h, replay["rps"] / h
+        spreads = [p["p99_ms"] / p["p50_ms"] for p in (create, replay)]
+        lines += [
+            f"  {backend:8} 1. creates {c_ratio:.2f} of health checks (>= {GOAL_CREATE_RATIO:.2f})"
+            f": {verdict(c_ratio >= GOAL_CREATE_RATIO)}",
+            f"  {backend:8} 2. replays {r_ratio:.2f} of health checks (>= {GOAL_REPLAY_RATIO:.2f})"
+            f": {verdict(r_ratio >= GOAL_REPLAY_RATIO)}",
+            f"  {backend:8} 3. p99/p50 at {opts.concurrency} in flight: create {spreads[0]:.1f}x,"
+            f" replay {spreads[1]:.1f}x (<= {GOAL_P99_OVER_P50:g}x)"
+            f": {verdict(max(spreads) <= GOAL_P99_OVER_P50)}",
+        ]
+        if backend == "sqlite":
+            met = single["p50_ms"] <= GOAL_SINGLE_P50_MS
+            lines.append(
+                f"  {backend:8} 3. create p50 at 1 in flight {single['p50_ms']:.2f} ms"
+                f" (<= {GOAL_SINGLE_P50_MS:g} ms): {verdict(met)}"
+            )
+    return lines
 
 
 def render(rows: list[tuple[str, ...]]) -> str:
@@ -756,7 +842,7 @@ def cpu_lines(summary: dict[str, Any], backends: list[str]) -> list[str]:
     lines = [f"CPU cores used in the timed windows (of {cpus}; medians):"]
     lines.append(f"  empty gRPC        {fmt(summary['empty_grpc'])}")
     for backend in backends:
-        for phase in ("create", "replay"):
+        for phase in PHASES:
             lines.append(f"  {backend:8} {phase:8} {fmt(summary[backend][phase])}")
     return lines
 
@@ -877,8 +963,18 @@ def parse_options(argv: list[str] | None) -> Options:
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 s warm-up, 4 s window")
     parser.add_argument("--runs", type=int, default=1, help="repeat all; report medians")
     parser.add_argument("--commit-threads", type=int, default=8, help="commit-rate threads")
-    parser.add_argument("--server-workers", type=int, default=64, help="gRPC worker threads")
+    parser.add_argument(
+        "--server-workers",
+        type=int,
+        help=f"gRPC worker threads (payorch serve's default: {DEFAULT_GRPC_WORKERS})",
+    )
     parser.add_argument("--call-timeout", type=float, default=10.0, help="per-call deadline")
+    parser.add_argument(
+        "--sandbox-latency-ms",
+        type=int,
+        default=0,
+        help="latency the sandbox adds to every call (0: none, the goals' setting)",
+    )
     add_machine_arguments(parser, postgres_default=DEFAULT_POSTGRES_URL)
     args = parser.parse_args(argv)
 
@@ -905,6 +1001,7 @@ def parse_options(argv: list[str] | None) -> Options:
         noise_cores=args.noise_cores,
         startup_timeout=args.startup_timeout,
         keep_tmp=args.keep_tmp,
+        sandbox_latency_ms=args.sandbox_latency_ms,
     )
 
 
@@ -949,12 +1046,16 @@ def main(argv: list[str] | None = None) -> int:
         f"{started:%Y-%m-%d %H:%M:%S} UTC, {os.cpu_count()} CPUs (load generator and servers"
         f" share them), {window}, {opts.concurrency} in flight, "
         + (f"medians of {opts.runs} runs" if opts.runs > 1 else "1 run"),
+        f"gRPC workers: {opts.server_workers or f'default ({DEFAULT_GRPC_WORKERS})'},"
+        f" sandbox latency {opts.sandbox_latency_ms} ms",
     ]
     print("\n".join(header))
     print()
     print(render(table(summary, backends, opts)))
     print()
     print("\n".join(cpu_lines(summary, backends)))
+    print()
+    print("\n".join(goal_lines(summary, backends, opts)))
     for backend in backends:
         print(
             f"write txns per create for {backend}: {summary[backend]['writes_per_create_source']}"

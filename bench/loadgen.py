@@ -11,6 +11,8 @@ Modes:
           written to ``--keys-out``, one per line, for a later replay)
   replay  CreatePayment with the keys in ``--keys-in``, cycled over, same parameters
   get     GetPayment with an empty id (for the empty-handler ceiling server)
+  health  grpc.health.v1 Health/Check of the whole server (service ""): the ceiling of the
+          same payorch server, measured in the same run (its cheapest unary call)
 
 Prints one JSON object on stdout. CPU use over the window of the processes given with
 ``--watch LABEL=PID`` and of all processes named ``--watch-comm LABEL=NAME`` (such as the
@@ -33,6 +35,7 @@ from typing import Any
 
 import grpc
 from benchlib import CpuSnapshot, cpu_cores, cpu_snapshot, label_pairs, nearest_rank
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from orchestrator.api._generated import payments_pb2 as pb
 from orchestrator.api._generated import payments_pb2_grpc
@@ -89,11 +92,13 @@ async def run_load(args: argparse.Namespace, replay_keys: list[str]) -> dict[str
     tally = Tally()
     keys = KeySource(args.mode, replay_keys)
     get_request = pb.GetPaymentRequest()
+    health_request = health_pb2.HealthCheckRequest(service="")
     expect_status = pb.PAYMENT_STATUS_AUTHORIZED
 
     async with grpc.aio.insecure_channel(args.target) as channel:
         await asyncio.wait_for(channel.channel_ready(), timeout=args.connect_timeout)
         stub = payments_pb2_grpc.PaymentOrchestratorStub(channel)  # type: ignore[no-untyped-call]
+        health = health_pb2_grpc.HealthStub(channel)
         started = time.perf_counter()
         window_start = started + args.warmup
         window_end = window_start + args.duration
@@ -111,6 +116,10 @@ async def run_load(args: argparse.Namespace, replay_keys: list[str]) -> dict[str
                 try:
                     if args.mode == "get":
                         await stub.GetPayment(get_request, timeout=args.call_timeout)
+                    elif args.mode == "health":
+                        checked = await health.Check(health_request, timeout=args.call_timeout)
+                        if checked.status != health_pb2.HealthCheckResponse.SERVING:
+                            tally.unexpected_status[str(checked.status)] += 1
                     else:
                         key = keys.take()
                         answer = await stub.CreatePayment(
@@ -172,7 +181,7 @@ async def run_load(args: argparse.Namespace, replay_keys: list[str]) -> dict[str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--target", required=True, help="host:port of the gRPC server")
-    parser.add_argument("--mode", choices=("create", "replay", "get"), required=True)
+    parser.add_argument("--mode", choices=("create", "replay", "get", "health"), required=True)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--duration", type=float, default=10.0)
