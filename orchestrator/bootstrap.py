@@ -15,6 +15,7 @@ from typing import Any
 
 from adapters.sandbox import SandboxAdapter
 from adapters.sandbox import from_config as sandbox_from_config
+from orchestrator.api.server import DEFAULT_WORKERS
 from orchestrator.application import DEFAULT_RECOVERY_SCHEDULE, Payments
 from orchestrator.ports import PaymentProvider, WebhookVerifier
 from orchestrator.resilience.breaker import BreakerPolicy, CircuitBreaker
@@ -44,7 +45,7 @@ class Settings:
     config: str | None = None
     sandbox_listen: str = "127.0.0.1:8181"
     sandbox_url: str | None = None
-    grpc_workers: int = 64
+    grpc_workers: int = DEFAULT_WORKERS
     http_listen: str = "127.0.0.1:8080"
     webhook_max_body: int = 1024 * 1024
 

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", help="env PAYORCH_CONFIG: providers and routes (TOML)")
     serve.add_argument("--sandbox-listen", help="env PAYORCH_SANDBOX_LISTEN (127.0.0.1:8181)")
     serve.add_argument("--sandbox-url", help="env PAYORCH_SANDBOX_URL: use a running sandbox")
-    serve.add_argument("--grpc-workers", type=int, help="env PAYORCH_GRPC_WORKERS (64)")
+    serve.add_argument("--grpc-workers", type=int, help="env PAYORCH_GRPC_WORKERS (16)")
     serve.add_argument(
         "--http-listen", help="env PAYORCH_HTTP_LISTEN (127.0.0.1:8080): webhooks and health"
     )
