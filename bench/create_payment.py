@@ -377,6 +377,23 @@ def check_sandbox_url(url: str, timeout: float, *, latency_ms: int = 0) -> None:
             time.sleep(0.1)
 
 
+def start_sandbox(
+    stack: contextlib.ExitStack, work: Path, timeout: float, *, latency_ms: int = 0
+) -> tuple[Child, str]:
+    """A sandbox provider in its own process (port 0), every fault off, and its URL. It stops
+    with ``stack``."""
+    sandbox = stack.enter_context(
+        child(
+            "sandbox",
+            [sys.executable, "-m", "orchestrator.cli", "sandbox", "--listen=127.0.0.1:0"],
+            work / "sandbox.log",
+        )
+    )
+    url: str = sandbox.wait_for(_SANDBOX_LISTENING, timeout)[1]
+    check_sandbox_url(url, timeout, latency_ms=latency_ms)
+    return sandbox, url
+
+
 def wait_serving(target: str, timeout: float) -> None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -411,15 +428,9 @@ def run_backend(opts: Options, backend: str, tmp: Path) -> dict[str, Any]:
             database_url = commit_where = where
         result["database"] = database_url
 
-        sandbox = stack.enter_context(
-            child(
-                "sandbox",
-                [sys.executable, "-m", "orchestrator.cli", "sandbox", "--listen=127.0.0.1:0"],
-                work / "sandbox.log",
-            )
+        sandbox, sandbox_url = start_sandbox(
+            stack, work, opts.startup_timeout, latency_ms=opts.sandbox_latency_ms
         )
-        sandbox_url = sandbox.wait_for(_SANDBOX_LISTENING, opts.startup_timeout)[1]
-        check_sandbox_url(sandbox_url, opts.startup_timeout, latency_ms=opts.sandbox_latency_ms)
 
         server = stack.enter_context(
             child(

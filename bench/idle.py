@@ -47,16 +47,15 @@ import grpc
 from benchlib import add_machine_arguments
 from create_payment import (
     _PAYORCH_LISTENING,
-    _SANDBOX_LISTENING,
     ROOT,
     BenchError,
     Child,
-    check_sandbox_url,
     child,
     exit_on_sigterm,
     fresh_postgres_database,
     postgres_problem,
     scratch_dir,
+    start_sandbox,
     wait_serving,
 )
 
@@ -282,15 +281,7 @@ def run_backend(opts: argparse.Namespace, backend: str, tmp: Path) -> dict[str, 
             store = Store(
                 "postgres", stack.enter_context(fresh_postgres_database(opts.postgres_url)), None
             )
-        sandbox = stack.enter_context(
-            child(
-                "sandbox",
-                [sys.executable, "-m", "orchestrator.cli", "sandbox", "--listen=127.0.0.1:0"],
-                work / "sandbox.log",
-            )
-        )
-        sandbox_url = sandbox.wait_for(_SANDBOX_LISTENING, opts.startup_timeout)[1]
-        check_sandbox_url(sandbox_url, opts.startup_timeout)
+        _, sandbox_url = start_sandbox(stack, work, opts.startup_timeout)
 
         # 1. the empty log; 2. the templates, the long payment and the fresh ones
         with payorch(store, sandbox_url, work / "empty.log", opts.startup_timeout) as (

@@ -60,12 +60,10 @@ from benchlib import (
     stop_event_on_signals,
 )
 from create_payment import _PAYORCH_LISTENING as PAYORCH_LISTENING
-from create_payment import _SANDBOX_LISTENING as SANDBOX_LISTENING
 from create_payment import (
     BENCH,
     BenchError,
     Child,
-    check_sandbox_url,
     child,
     exit_on_sigterm,
     fresh_postgres_database,
@@ -75,6 +73,7 @@ from create_payment import (
     render,
     run_json,
     scratch_dir,
+    start_sandbox,
     wait_serving,
     wait_until_quiet,
     write_results,
@@ -835,15 +834,7 @@ def run_backend(opts: Options, backend: str, tmp: Path) -> tuple[dict[str, Any],
         else:
             where = database_url = stack.enter_context(fresh_postgres_database(lo.postgres_url))
         result["database"] = database_url
-        sandbox = stack.enter_context(
-            child(
-                "sandbox",
-                [sys.executable, "-m", "orchestrator.cli", "sandbox", "--listen=127.0.0.1:0"],
-                work / "sandbox.log",
-            )
-        )
-        sandbox_url = sandbox.wait_for(SANDBOX_LISTENING, lo.startup_timeout)[1]
-        check_sandbox_url(sandbox_url, lo.startup_timeout)  # every fault off, no latency
+        sandbox, sandbox_url = start_sandbox(stack, work, lo.startup_timeout)  # no faults
         server, target, http = start_payorch(stack, opts, work, database_url, sandbox_url, secret)
         probe = stack.enter_context(store_probe(backend, where))
         url = f"http://{http}/webhooks/sandbox"

@@ -29,17 +29,16 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from uuid import uuid4
 
 from benchlib import cpu_cores, cpu_snapshot, machine_busy_fraction, nearest_rank
+from chain import intent
 from create_payment import fresh_postgres_database
 
 from orchestrator.application import Payments
 from orchestrator.audit.verify import verify
 from orchestrator.batching import GroupCommit
-from orchestrator.domain.payment import Cause, Payment
 from orchestrator.routing import Router
 from orchestrator.store import parse_database_url, schema_lock
 
@@ -57,18 +56,6 @@ def app_for(url: str, variant: str) -> Payments:
         env["PROCESS_RECORDER_TOPIC"] = PLAIN[store.kind]
     with schema_lock(store):
         return Payments(env=env, router=Router({}, {}))
-
-
-def intent() -> Payment:
-    cause = Cause("bench", f"writes-{uuid4()}")
-    payment = Payment(
-        id=uuid4(), amount=1000, currency="USD", payment_method="pm_card_visa", region="US",
-        capture_mode="automatic", reference="", metadata={}, scope=cause.scope,
-        idempotency_key=cause.idempotency_key, caused_by=cause.as_data(),
-    )  # fmt: skip
-    deadline = datetime.now(UTC) + timedelta(seconds=3)
-    payment.start_authorization(provider="sandbox", deadline=deadline, cause=cause)
-    return payment
 
 
 @dataclass
@@ -114,7 +101,7 @@ def window(app: Payments, kind: str, writers: int, warmup: float, seconds: float
 
     def work(i: int) -> None:
         while not stop.is_set():
-            payment = intent()
+            payment = intent(0)
             started = time.perf_counter()
             app.save(payment)
             if opened.is_set():
