@@ -112,13 +112,7 @@ class Scheduler:
         where other actors may run, time may pass, and the actor's replica may crash."""
         actor = self.current
         self._check_alive(actor)
-        if (
-            actor.host is not None
-            and actor.crash_points
-            and self.crash_rate
-            and self.rng.random() < self.crash_rate
-        ):
-            self.crash(actor.host, f"before {point}")
+        self._maybe_crash(actor, f"before {point}")
         actor.wake = self.now + delay
         assert self._main is not None
         self._main.switch()
@@ -127,14 +121,18 @@ class Scheduler:
     def maybe_crash_after(self, point: str) -> None:
         """A crash after the world acted (a commit done, a provider's answer on its way)."""
         actor = self.current
+        self._maybe_crash(actor, f"after {point}")
+        self._check_alive(actor)
+
+    def _maybe_crash(self, actor: Actor, where: str) -> None:
+        """Crashes the actor's replica with the run's crash rate, at a place that may."""
         if (
             actor.host is not None
             and actor.crash_points
             and self.crash_rate
             and self.rng.random() < self.crash_rate
         ):
-            self.crash(actor.host, f"after {point}")
-            self._check_alive(actor)
+            self.crash(actor.host, where)
 
     def crash(self, host: Host, where: str) -> None:
         if not host.alive:
