@@ -16,6 +16,7 @@ from typing import Any
 from adapters.sandbox import SandboxAdapter
 from adapters.sandbox import from_config as sandbox_from_config
 from orchestrator.api.server import DEFAULT_WORKERS
+from orchestrator.api.trust import AuthSettings, TlsSettings, read_trust
 from orchestrator.application import DEFAULT_RECOVERY_SCHEDULE, Payments
 from orchestrator.ports import PaymentProvider, WebhookVerifier
 from orchestrator.resilience.breaker import BreakerPolicy, CircuitBreaker
@@ -48,6 +49,7 @@ class Settings:
     grpc_workers: int = DEFAULT_WORKERS
     http_listen: str = "127.0.0.1:8080"
     webhook_max_body: int = 1024 * 1024
+    insecure: bool = False  # listen off loopback without TLS and caller auth (--insecure)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -96,6 +98,8 @@ class Configuration:
     router: Router
     recovery: RecoverySettings
     stats: Stats  # what the resilient layer did, across every provider
+    tls: TlsSettings | None = None  # [grpc.tls]
+    auth: AuthSettings | None = None  # [auth]: None, every call is anonymous
 
 
 def load_configuration(
@@ -130,7 +134,10 @@ def load_configuration(
         for name, spec in config.get("providers", {}).items()
     }
     routes = {str(key): list(names) for key, names in config.get("routes", {}).items()}
-    return Configuration(Router(providers, routes), _recovery(config.get("recovery", {})), stats)
+    tls, auth = read_trust(config, Path(config_path).parent)
+    return Configuration(
+        Router(providers, routes), _recovery(config.get("recovery", {})), stats, tls, auth
+    )
 
 
 def load_router(config_path: str | None, sandbox_url: str | None) -> Router:

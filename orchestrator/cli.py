@@ -14,6 +14,7 @@ from types import FrameType
 from adapters.sandbox import new_webhook_secret, start_sandbox
 from adapters.sandbox.server import run_sandbox
 from orchestrator.api.server import PaymentServer, create_server
+from orchestrator.api.trust import exposure, hash_token
 from orchestrator.application import Payments
 from orchestrator.audit.chain import KEY_VARIABLE, ChainedRecorder, chain_key
 from orchestrator.audit.export import FORMATS, TimeWindow, export, parse_instant
@@ -22,6 +23,7 @@ from orchestrator.audit.show import timeline
 from orchestrator.audit.statements import STATEMENT_READERS, StatementError
 from orchestrator.audit.verify import parse_head, verify
 from orchestrator.bootstrap import (
+    Configuration,
     Settings,
     build_payments,
     load_configuration,
@@ -59,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument(
         "--webhook-max-body", type=int, help="env PAYORCH_WEBHOOK_MAX_BODY (1048576 bytes)"
     )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="listen off loopback even without TLS and caller authentication (logs a warning)",
+    )
 
     sandbox = commands.add_parser("sandbox", help="run the sandbox payment provider alone")
     sandbox.add_argument("--listen", default="127.0.0.1:8181")
@@ -68,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     _add_audit_commands(commands)
+    auth = commands.add_parser("auth", help="caller authentication helpers")
+    auth_actions = auth.add_subparsers(dest="auth_command", required=True)
+    auth_actions.add_parser(
+        "hash-token", help="read a token on stdin, print the token_sha256 to configure for it"
+    )
 
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -79,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.command == "audit":
         return run_audit(args)
+    if args.command == "auth":
+        return hash_token_from_stdin()
     if args.command == "sandbox":
         secret = sandbox_webhook_secret_from_env() if args.webhook_url else None
         if args.webhook_url and secret is None:
@@ -99,8 +113,19 @@ def main(argv: list[str] | None = None) -> int:
         grpc_workers=args.grpc_workers,
         http_listen=args.http_listen,
         webhook_max_body=args.webhook_max_body,
+        insecure=args.insecure or None,
     )
     return serve_forever(settings)
+
+
+def hash_token_from_stdin() -> int:
+    """The token is read from stdin, so it never reaches a command line or a shell history."""
+    token = sys.stdin.readline().strip()
+    if not token:
+        print("payorch auth hash-token: no token on stdin", file=sys.stderr)
+        return 2
+    print(hash_token(token))
+    return 0
 
 
 def _add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -264,13 +289,17 @@ def serve_forever(settings: Settings) -> int:
         webhook_secret = Secret(new_webhook_secret(), "generated for the in-process sandbox")
         log.info("sandbox provider (in-process) listening on %s", sandbox_url)
     try:
-        config = load_configuration(
-            settings.config, sandbox_url, sandbox_webhook_secret=webhook_secret
+        config = check_listen(
+            settings,
+            load_configuration(settings.config, sandbox_url, sandbox_webhook_secret=webhook_secret),
         )
         app = build_payments(
             settings.database_url, config.router, recovery_schedule=config.recovery.schedule
         )
-        server = create_server(settings.grpc_listen, app, max_workers=settings.grpc_workers)
+        server = create_server(
+            settings.grpc_listen, app, max_workers=settings.grpc_workers, tls=config.tls,
+            auth=config.auth,
+        )  # fmt: skip
         intake = WebhookIntake(app, webhook_verifiers(config.router))
         http = HttpServer(
             settings.http_listen,
@@ -284,6 +313,7 @@ def serve_forever(settings: Settings) -> int:
             sandbox.stop()
         return 2
     log.info("providers: %s", ", ".join(config.router.provider_names))
+
     warn_of_webhooks_without_secret(config)
     server.start()
     http.start()
@@ -308,6 +338,31 @@ def serve_forever(settings: Settings) -> int:
         sandbox.stop()
     log.info("stopped")
     return 0
+
+
+class UnsafeListen(Exception):
+    """The gRPC address is reachable from other machines and nothing guards it."""
+
+
+def check_listen(settings: Settings, config: Configuration) -> Configuration:
+    """``config``, if the gRPC address it will listen on is guarded or loopback."""
+    tls = config.tls
+    log.info(
+        "gRPC: %s, %s",
+        "plaintext" if tls is None else "TLS" if tls.client_ca is None else "mutual TLS",
+        "callers: " + ", ".join(s.caller.name for s in config.auth.callers)
+        if config.auth is not None else "no caller authentication",
+    )  # fmt: skip
+    problem = exposure(settings.grpc_listen, config.tls, config.auth)
+    if problem is None:
+        return config
+    if settings.insecure:
+        log.warning("--insecure: %s; anyone who reaches the port can move money", problem)
+        return config
+    raise UnsafeListen(
+        f"{problem}: configure [grpc.tls] and [auth] (README: Callers and trust), listen on "
+        "127.0.0.1, or pass --insecure"
+    )
 
 
 def _ready(app: Payments, server: PaymentServer) -> bool:

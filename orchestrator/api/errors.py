@@ -3,6 +3,8 @@ google.rpc.Status holding exactly one ErrorInfo, plus RetryInfo when a retry may
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -32,15 +34,30 @@ def status_code_for(error: errors.DomainError) -> grpc.StatusCode:
 
 
 def to_status(error: errors.DomainError) -> grpc.Status:
-    code = status_code_for(error)
+    return refusal(
+        status_code_for(error),
+        error.reason,
+        error.message,
+        metadata=error.metadata,
+        retry_after=getattr(error, "retry_after", None),
+    )
+
+
+def refusal(
+    code: grpc.StatusCode,
+    reason: str,
+    message: str,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    retry_after: float | None = None,
+) -> grpc.Status:
+    """A status with one ErrorInfo, and a RetryInfo when ``retry_after`` (seconds) is given:
+    for domain errors and for the refusals that come before the domain (auth, limits)."""
     info = any_pb2.Any()
     info.Pack(
-        error_details_pb2.ErrorInfo(
-            reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
-        )
+        error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata or {})
     )
     details = [info]
-    retry_after = getattr(error, "retry_after", None)
     if retry_after is not None:
         seconds = max(float(retry_after), 0.0)
         delay = duration_pb2.Duration(
@@ -49,7 +66,5 @@ def to_status(error: errors.DomainError) -> grpc.Status:
         retry = any_pb2.Any()
         retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         details.append(retry)
-    status = status_pb2.Status(
-        code=getattr(code_pb2, code.name), message=error.message, details=details
-    )
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)
     return rpc_status.to_status(status)

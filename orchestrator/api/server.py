@@ -9,7 +9,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from orchestrator.api._generated import payments_pb2, payments_pb2_grpc
+from orchestrator.api.auth import AuthInterceptor
 from orchestrator.api.servicer import PaymentOrchestratorServicer
+from orchestrator.api.trust import MAX_MESSAGE_BYTES, AuthSettings, TlsSettings
 from orchestrator.application import Payments
 
 SERVICE_NAME = payments_pb2.DESCRIPTOR.services_by_name["PaymentOrchestrator"].full_name
@@ -41,21 +43,45 @@ class PaymentServer:
 
 
 def create_server(
-    address: str, app: Payments, *, max_workers: int = DEFAULT_WORKERS
+    address: str,
+    app: Payments,
+    *,
+    max_workers: int = DEFAULT_WORKERS,
+    tls: TlsSettings | None = None,
+    auth: AuthSettings | None = None,
 ) -> PaymentServer:
+    """``tls``: listen with TLS (client certificates required when it names a client CA);
+    ``auth``: authenticate every call (no interceptor at all without it)."""
+    max_message = auth.max_message_bytes if auth is not None else MAX_MESSAGE_BYTES
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        options=[("grpc.so_reuseport", 0)],
+        interceptors=[AuthInterceptor(auth)] if auth is not None else None,
+        # A bigger message is refused (RESOURCE_EXHAUSTED) before it is parsed.
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", max_message)],
     )
     payments_pb2_grpc.add_PaymentOrchestratorServicer_to_server(  # type: ignore[no-untyped-call]
         PaymentOrchestratorServicer(app), server
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    port = server.add_insecure_port(address)
+    if auth is None or auth.reflection:
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+    if tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, server_credentials(tls))
     if port == 0:
         raise OSError(f"could not listen on {address}")
     return PaymentServer(server, port, health_servicer)
+
+
+def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
+    """With a client CA, every connection must present a certificate it signed, valid now.
+    grpcio offers no "request but do not require": without the CA, none is asked for."""
+    return grpc.ssl_server_credentials(
+        [(tls.private_key, tls.certificate_chain)],
+        root_certificates=tls.client_ca,
+        require_client_auth=tls.client_ca is not None,
+    )

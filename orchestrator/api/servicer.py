@@ -17,10 +17,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from orchestrator.api._generated import payments_pb2 as pb
 from orchestrator.api._generated import payments_pb2_grpc
 from orchestrator.api.errors import to_status
+from orchestrator.api.identity import current_caller
 from orchestrator.application import Payments
 from orchestrator.audit.records import event_data
 from orchestrator.commands import CancelPayment, CapturePayment, CreatePayment, RefundPayment
-from orchestrator.domain.command import DEFAULT_SCOPE
 from orchestrator.domain.errors import DomainError, InvalidArgument
 from orchestrator.domain.payment import CaptureMode as DomainCaptureMode
 from orchestrator.domain.payment import Kind, Operation, OpStatus, Payment, Status
@@ -186,8 +186,9 @@ class RenderedAnswers:
 
 
 def _scope(context: grpc.ServicerContext) -> str:
-    # One scope until callers authenticate; an auth interceptor will name the caller's.
-    return DEFAULT_SCOPE
+    # The authenticated caller's (orchestrator/api/auth.py); without auth, the one pre-auth
+    # scope every call shares.
+    return current_caller().scope
 
 
 def _answer_by(context: grpc.ServicerContext) -> float | None:
