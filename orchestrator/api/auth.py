@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import grpc
 
+from orchestrator.api._generated import payments_pb2
 from orchestrator.api.errors import refusal
 from orchestrator.api.identity import (
     EVENTS_STREAM,
@@ -29,7 +30,7 @@ from orchestrator.api.trust import AuthSettings
 
 log = logging.getLogger("payorch.auth")
 
-PAYMENTS_SERVICE = "payorch.payments.v1.PaymentOrchestrator"
+PAYMENTS_SERVICE = payments_pb2.DESCRIPTOR.services_by_name["PaymentOrchestrator"].full_name
 # The role each method of the payments service needs; a method not listed is refused.
 METHOD_ROLES = {
     "CreatePayment": PAYMENTS_WRITE,
@@ -98,7 +99,7 @@ class Authenticator:
         return found
 
 
-class AuthInterceptor(grpc.ServerInterceptor[Any, Any]):
+class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, settings: AuthSettings, *, clock: Callable[[], float] | None = None) -> None:
         self.authenticator = Authenticator(settings)
         self.buckets = {
