@@ -180,11 +180,20 @@ def _replays_answer_the_same(world: World) -> list[str]:
         for key, first, again in world.replays
         if first != again
     ]
+    created_for: dict[str, set[str]] = {}  # payment -> the "scope/key" of creates answering it
     for key, answers in sorted(world.answers.items()):
+        for a in answers:
+            if a.request.name == "CreatePayment":
+                created_for.setdefault(a.summary[0], set()).add(key)
         payments = {a.summary[0] for a in answers}
         if len(payments) > 1:
             problems.append(f"command {key}: answered for several payments {sorted(payments)}")
         commands = {request_fingerprint(a.request) for a in answers}
         if len(commands) > 1:
             problems.append(f"command {key}: {len(commands)} different commands executed")
+    problems += [
+        f"payment {pid}: answered for the creates {sorted(keys)}: callers' scopes mixed"
+        for pid, keys in sorted(created_for.items())
+        if len(keys) > 1
+    ]
     return problems

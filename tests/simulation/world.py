@@ -39,7 +39,10 @@ from tests.simulation.providers import DECLINING_METHOD, Faults, SimulatedProvid
 from tests.simulation.scheduler import EPOCH, Crashed, Host, Scheduler
 from tests.simulation.store import SimulatedStore
 
-SCOPE = "sim"
+# Two callers, each its own idempotency scope (the authenticated caller's): customers 2k
+# and 2k+1 send the same keys, one as each caller, so a scope mix-up shows as one payment
+# answered for two callers' creates.
+SCOPES = ("checkout", "refunds")
 RETRYABLE = (RequestInProgress, ConcurrentModification, NoProviderAvailable, OperationInProgress)
 CALL_TIMEOUT = 1.0  # a provider call's whole budget (the operation's deadline)
 SCHEDULE = (1.0, 2.0, 4.0)  # recovery lookups, seconds apart
@@ -54,6 +57,7 @@ class Answer:
 
     request: Any
     summary: tuple[Any, ...]
+    scope: str
 
 
 @dataclass
@@ -198,7 +202,7 @@ class World:
     providers: dict[str, SimulatedProvider] = field(init=False)
     replicas: dict[str, Replica] = field(init=False)
     hosts: list[Host] = field(init=False)
-    answers: dict[str, list[Answer]] = field(default_factory=dict)  # by idempotency key
+    answers: dict[str, list[Answer]] = field(default_factory=dict)  # by "scope/key"
     refused: list[str] = field(default_factory=list)  # keys refused as reused
     crashes: list[str] = field(default_factory=list)
     payment_ids: list[str] = field(default_factory=list)
@@ -279,7 +283,13 @@ class World:
 
     # --- callers ----------------------------------------------------------------------
 
-    def call(self, name: str, request: Any, command: Callable[[Payments], Payment]) -> Any:
+    def call(
+        self,
+        name: str,
+        request: Any,
+        command: Callable[[Payments], Payment],
+        scope: str = SCOPES[0],
+    ) -> Any:
         """Calls a live replica as a gRPC client would: a crash or a retryable error is
         retried with the same key after a pause; returns the payment or the final error."""
         sched = self.scheduler
@@ -305,15 +315,15 @@ class World:
                 sched.bind(before)
                 return e
             sched.bind(before)
-            self._remember(request, payment)
+            self._remember(request, payment, scope)
             return payment
         return None
 
-    def _remember(self, request: Any, payment: Payment) -> None:
+    def _remember(self, request: Any, payment: Payment, scope: str) -> None:
         if payment.status in (Status.PROCESSING, Status.REQUIRES_REVIEW):
             return  # an answer in doubt is not a stored result: it shows what is known now
-        self.answers.setdefault(request.idempotency_key, []).append(
-            Answer(request, summary(payment))
+        self.answers.setdefault(f"{scope}/{request.idempotency_key}", []).append(
+            Answer(request, summary(payment), scope)
         )
 
     def _customer(self, i: int) -> Callable[[], None]:
@@ -323,9 +333,11 @@ class World:
         def deadline() -> float:
             return sched.monotonic() + CALLER_DEADLINE
 
+        scope, order = SCOPES[i % 2], i // 2
+
         def run() -> None:
             request = CreatePayment(
-                idempotency_key=f"order-{i}-create",
+                idempotency_key=f"order-{order}-create",
                 amount=rng.choice((1000, 2500, 999)),
                 currency="EUR",
                 payment_method=DECLINING_METHOD if rng.random() < 0.15 else "pm_card_visa",
@@ -333,16 +345,16 @@ class World:
                 capture_mode=rng.choice(("manual", "automatic")),
                 reference=f"order-{i}",
             )
-            create = _command_of(request, deadline)
-            self._duplicates(request, create)
-            created = self.call(f"customer{i}", request, create)
+            create = _command_of(request, deadline, scope)
+            self._duplicates(request, create, scope)
+            created = self.call(f"customer{i}", request, create, scope)
             if not isinstance(created, Payment):
                 return
             self.payment_ids.append(str(created.id))
             pid = str(created.id)
             for step in range(rng.randint(0, 3)):
                 sched.sleep(rng.uniform(0, 3))
-                key = f"order-{i}-op{step}"
+                key = f"order-{order}-op{step}"
                 choice = rng.random()
                 follow: Any
                 if choice < 0.45:
@@ -353,25 +365,25 @@ class World:
                 else:
                     amount = rng.choice((0, 100))
                     follow = RefundPayment(idempotency_key=key, payment_id=pid, amount=amount)
-                command = _command_of(follow, deadline)
-                self._duplicates(follow, command)
-                self.call(f"customer{i}", follow, command)
+                command = _command_of(follow, deadline, scope)
+                self._duplicates(follow, command, scope)
+                self.call(f"customer{i}", follow, command, scope)
 
         return run
 
-    def _duplicates(self, request: Any, command: Callable[[Payments], Payment]) -> None:
+    def _duplicates(self, request: Any, command: Callable[[Payments], Payment], scope: str) -> None:
         """Sometimes the caller (or its load balancer) sends the same command twice at once;
         sometimes a buggy caller sends another command under the same key."""
         if self.rng.random() < 0.3:
             self.scheduler.spawn(
                 f"duplicate {request.idempotency_key}",
-                lambda: self.call("duplicate", request, command),
+                lambda: self.call("duplicate", request, command, scope),
             )
         if isinstance(request, CreatePayment) and self.rng.random() < 0.1:
             other = replace(request, amount=request.amount + 1)
             self.scheduler.spawn(
                 f"reuse {request.idempotency_key}",
-                lambda: self.call("reuse", other, _command_of(other)),
+                lambda: self.call("reuse", other, _command_of(other, scope=scope), scope),
             )
 
     # --- webhooks on their way ---------------------------------------------------------
@@ -418,7 +430,10 @@ class World:
         def replay() -> None:
             for key, answers in sorted(self.answers.items()):
                 first = answers[0]
-                again = self.call("replay", first.request, _command_of(first.request))
+                again = self.call(
+                    "replay", first.request, _command_of(first.request, scope=first.scope),
+                    first.scope,
+                )  # fmt: skip
                 results.append(
                     (key, first.summary, summary(again) if isinstance(again, Payment) else again)
                 )
@@ -429,7 +444,9 @@ class World:
 
 
 def _command_of(
-    request: Any, deadline: Callable[[], float | None] = lambda: None
+    request: Any,
+    deadline: Callable[[], float | None] = lambda: None,
+    scope: str = SCOPES[0],
 ) -> Callable[[Payments], Payment]:
     """The application call a request makes, with the caller's deadline taken per call."""
     method = {
@@ -438,7 +455,7 @@ def _command_of(
         "CancelPayment": "cancel_payment",
         "RefundPayment": "refund_payment",
     }[request.name]
-    return lambda app: getattr(app, method)(request, scope=SCOPE, answer_by=deadline())
+    return lambda app: getattr(app, method)(request, scope=scope, answer_by=deadline())
 
 
 def summary(payment: Payment) -> tuple[Any, ...]:
