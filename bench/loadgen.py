@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import secrets
 import sys
 import time
@@ -95,7 +96,8 @@ async def run_load(args: argparse.Namespace, replay_keys: list[str]) -> dict[str
     health_request = health_pb2.HealthCheckRequest(service="")
     expect_status = pb.PAYMENT_STATUS_AUTHORIZED
 
-    async with grpc.aio.insecure_channel(args.target) as channel:
+    metadata = _call_metadata(args)
+    async with _channel(args) as channel:
         await asyncio.wait_for(channel.channel_ready(), timeout=args.connect_timeout)
         stub = payments_pb2_grpc.PaymentOrchestratorStub(channel)  # type: ignore[no-untyped-call]
         health = health_pb2_grpc.HealthStub(channel)
@@ -115,7 +117,9 @@ async def run_load(args: argparse.Namespace, replay_keys: list[str]) -> dict[str
                 t0 = time.perf_counter()
                 try:
                     if args.mode == "get":
-                        await stub.GetPayment(get_request, timeout=args.call_timeout)
+                        await stub.GetPayment(
+                            get_request, timeout=args.call_timeout, metadata=metadata
+                        )
                     elif args.mode == "health":
                         checked = await health.Check(health_request, timeout=args.call_timeout)
                         if checked.status != health_pb2.HealthCheckResponse.SERVING:
@@ -123,7 +127,7 @@ async def run_load(args: argparse.Namespace, replay_keys: list[str]) -> dict[str
                     else:
                         key = keys.take()
                         answer = await stub.CreatePayment(
-                            create_request(key), timeout=args.call_timeout
+                            create_request(key), timeout=args.call_timeout, metadata=metadata
                         )
                         if answer.status != expect_status:
                             tally.unexpected_status[pb.PaymentStatus.Name(answer.status)] += 1
@@ -178,6 +182,25 @@ async def run_load(args: argparse.Namespace, replay_keys: list[str]) -> dict[str
     }
 
 
+def _channel(args: argparse.Namespace) -> grpc.aio.Channel:
+    """Plaintext, or TLS trusting ``--tls-ca`` with the client certificate ``--tls-cert``."""
+    if not args.tls_ca:
+        return grpc.aio.insecure_channel(args.target)
+    credentials = grpc.ssl_channel_credentials(
+        Path(args.tls_ca).read_bytes(),
+        Path(args.tls_key).read_bytes() if args.tls_key else None,
+        Path(args.tls_cert).read_bytes() if args.tls_cert else None,
+    )
+    return grpc.aio.secure_channel(args.target, credentials)
+
+
+def _call_metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...] | None:
+    """The bearer token, from the environment variable ``--token-env`` names (never argv)."""
+    if not args.token_env:
+        return None
+    return (("authorization", f"Bearer {os.environ[args.token_env]}"),)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--target", required=True, help="host:port of the gRPC server")
@@ -191,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keys-in", help="replay: the keys to replay, one per line")
     parser.add_argument("--watch", action="append", default=[], metavar="LABEL=PID")
     parser.add_argument("--watch-comm", action="append", default=[], metavar="LABEL=NAME")
+    parser.add_argument("--tls-ca", help="TLS: the CA file that signed the server's certificate")
+    parser.add_argument("--tls-cert", help="TLS: a client certificate file (mutual TLS)")
+    parser.add_argument("--tls-key", help="TLS: the client certificate's key file")
+    parser.add_argument("--token-env", help="send 'authorization: Bearer $<this variable>'")
     args = parser.parse_args(argv)
 
     replay_keys: list[str] = []

@@ -191,6 +191,8 @@ def _replays_answer_the_same(world: World) -> list[str]:
         commands = {request_fingerprint(a.request) for a in answers}
         if len(commands) > 1:
             problems.append(f"command {key}: {len(commands)} different commands executed")
+    problems += [f"command {key}: refused as reused, but only its caller used it"
+                 for key in world.collided]  # fmt: skip
     problems += [
         f"payment {pid}: answered for the creates {sorted(keys)}: callers' scopes mixed"
         for pid, keys in sorted(created_for.items())

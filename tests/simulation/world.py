@@ -24,6 +24,7 @@ from orchestrator.domain.command import fingerprint
 from orchestrator.domain.errors import (
     ConcurrentModification,
     DomainError,
+    IdempotencyKeyReused,
     NoProviderAvailable,
     OperationInProgress,
     RequestInProgress,
@@ -204,6 +205,8 @@ class World:
     hosts: list[Host] = field(init=False)
     answers: dict[str, list[Answer]] = field(default_factory=dict)  # by "scope/key"
     refused: list[str] = field(default_factory=list)  # keys refused as reused
+    reused: set[str] = field(default_factory=set)  # "scope/key" another command was sent under
+    collided: list[str] = field(default_factory=list)  # a caller's own key refused as reused
     crashes: list[str] = field(default_factory=list)
     payment_ids: list[str] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)  # what every replica's resilient layer did
@@ -348,6 +351,7 @@ class World:
             create = _command_of(request, deadline, scope)
             self._duplicates(request, create, scope)
             created = self.call(f"customer{i}", request, create, scope)
+            self._own_key(created, scope, request)
             if not isinstance(created, Payment):
                 return
             self.payment_ids.append(str(created.id))
@@ -367,9 +371,16 @@ class World:
                     follow = RefundPayment(idempotency_key=key, payment_id=pid, amount=amount)
                 command = _command_of(follow, deadline, scope)
                 self._duplicates(follow, command, scope)
-                self.call(f"customer{i}", follow, command, scope)
+                self._own_key(self.call(f"customer{i}", follow, command, scope), scope, follow)
 
         return run
+
+    def _own_key(self, answer: Any, scope: str, request: Any) -> None:
+        """A key that only its caller used is never refused as reused: callers' scopes are
+        apart, however alike their keys."""
+        key = f"{scope}/{request.idempotency_key}"
+        if isinstance(answer, IdempotencyKeyReused) and key not in self.reused:
+            self.collided.append(key)
 
     def _duplicates(self, request: Any, command: Callable[[Payments], Payment], scope: str) -> None:
         """Sometimes the caller (or its load balancer) sends the same command twice at once;
@@ -381,6 +392,7 @@ class World:
             )
         if isinstance(request, CreatePayment) and self.rng.random() < 0.1:
             other = replace(request, amount=request.amount + 1)
+            self.reused.add(f"{scope}/{request.idempotency_key}")
             self.scheduler.spawn(
                 f"reuse {request.idempotency_key}",
                 lambda: self.call("reuse", other, _command_of(other, scope=scope), scope),
