@@ -203,6 +203,21 @@ def test_a_trusted_certificate_that_names_no_caller_is_unauthenticated(
     assert (server.written(), server.authorizations()) == (0, 0)
 
 
+def test_with_a_client_ca_a_token_caller_presents_a_certificate_and_its_token_names_it(
+    trusted: TrustedFactory,
+) -> None:
+    # grpcio cannot ask for an optional client certificate: with a client CA every connection
+    # needs one, and a token still names a caller the certificate does not.
+    server = trusted()
+    holder = server.stub(certificate=server.ca.issue("batch-host", dns=("batch.internal",)))
+    payment = holder.CreatePayment(create_request("both-1"), metadata=bearer(WRITER))
+    assert payment.status == pb.PAYMENT_STATUS_AUTHORIZED
+    with pytest.raises(grpc.RpcError) as refused:
+        server.stub().CreatePayment(create_request("both-2"), metadata=bearer(WRITER), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # no certificate: no handshake
+    assert server.authorizations() == 1
+
+
 # --- bearer tokens (TLS without client certificates) ----------------------------------------
 
 
