@@ -21,6 +21,7 @@ from orchestrator.api.trust import hash_token
 from orchestrator.application import Payments
 from orchestrator.bootstrap import build_payments, load_configuration
 from tests.certs import Authority, Issued
+from tests.e2e.conftest import Running
 from tests.e2e.helpers import create_request, error_reason, retry_delay
 
 pytestmark = pytest.mark.timeout(60)
@@ -396,3 +397,14 @@ def test_streams_beyond_the_bound_are_refused_until_one_ends(trusted: TrustedFac
 def _token_callers() -> str:
     """CALLERS without certificate identities (this server has no client CA)."""
     return "\n".join(line for line in CALLERS.splitlines() if not line.startswith("identities"))
+
+
+def test_without_auth_a_message_over_one_mebibyte_is_refused_before_it_is_parsed(
+    running: Running,
+) -> None:
+    big = create_request("huge", metadata={"note": "x" * (1024 * 1024)})
+    with pytest.raises(grpc.RpcError) as refused:
+        running.stub.CreatePayment(big)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert not running.ledger()
+    assert running.stub.CreatePayment(create_request("after-huge")).payment_id
