@@ -10,8 +10,9 @@ fresh SQLite stores, with the same providers and routes, that differ only in tru
 Each server gets the same load (bench/loadgen.py, closed loop): CreatePayment with new keys,
 then replays of those keys. Certificates are made for the run (tests/certs.py).
 
-Numbers on a shared machine are noisy: run under ``flock /tmp/bench.lock`` and compare
-ratios within one run, not across runs.
+Run from the repository root: ``PYTHONPATH=.:bench .venv/bin/python bench/auth.py``. Numbers
+on a shared machine are noisy: run under ``flock /tmp/bench.lock``, compare ratios within one
+run, not across runs, and use ``--runs 3`` for medians.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def _write(path: Path, table: str) -> Path:
     return path
 
 
-def serve(work: Path, name: str, config: Path, sandbox_url: str, timeout: float) -> Child:
+def serve(work: Path, name: str, config: Path, sandbox_url: str) -> Child:
     provider = f'[providers.sandbox]\ntype = "sandbox"\nbase_url = "{sandbox_url}"\n'
     config.write_text(provider + '[routes]\n"*" = ["sandbox"]\n' + config.read_text())
     return Child(
@@ -111,11 +112,11 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         _, sandbox_url = start_sandbox(stack, work, 30)
         for round_ in range(args.runs):
             for name in CONFIGS:
-                server = serve(work, f"{name}-{round_}", _copy(configs[name], work, round_),
-                               sandbox_url, 30)  # fmt: skip
+                config = _copy(configs[name], work, round_)
+                server = serve(work, f"{name}-{round_}", config, sandbox_url)
                 try:
                     target = server.wait_for(_PAYORCH_LISTENING, 30)[1]
-                    time.sleep(0.5)
+                    time.sleep(0.5)  # the load generator waits for the channel itself
                     phases = {
                         mode: loadgen(args, name, target, mode, work, str(server.pid))
                         for mode in ("create", "replay")
