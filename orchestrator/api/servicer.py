@@ -21,7 +21,6 @@ from orchestrator.api.identity import current_caller
 from orchestrator.application import Payments
 from orchestrator.audit.records import event_data
 from orchestrator.commands import CancelPayment, CapturePayment, CreatePayment, RefundPayment
-from orchestrator.domain.command import DEFAULT_SCOPE
 from orchestrator.domain.errors import DomainError, InvalidArgument
 from orchestrator.domain.payment import CaptureMode as DomainCaptureMode
 from orchestrator.domain.payment import Kind, Operation, OpStatus, Payment, Status
@@ -199,8 +198,8 @@ class RenderedAnswers:
 
 
 def _scope(context: grpc.ServicerContext) -> str:
-    # One scope until callers authenticate; an auth interceptor will name the caller's.
-    return DEFAULT_SCOPE
+    # The caller's idempotency scope: the same key from two callers is two commands.
+    return current_caller().scope
 
 
 def _account() -> str:

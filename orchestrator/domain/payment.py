@@ -291,7 +291,7 @@ class Payment(Aggregate):
         scope: str,
         idempotency_key: str,
         caused_by: dict[str, str],  # Cause(scope, idempotency_key).as_data()
-        account: str = "",
+        account: str,
     ) -> None:
         # The account whose callers may see and change it. "" (payments created before
         # accounts existed) is the application's configured default account.
