@@ -8,13 +8,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from pathlib import Path
 from uuid import UUID, uuid4
 
 import pytest
 
 from adapters.sandbox import SandboxServer
 from orchestrator.application import Payments
+from orchestrator.audit.export import load_export
 from orchestrator.bootstrap import build_payments, load_router
+from orchestrator.cli import main
 from orchestrator.commands import CancelPayment, CapturePayment, CreatePayment, RefundPayment
 from orchestrator.domain.command import command_id
 from orchestrator.domain.errors import DomainError, IdempotencyKeyReused, PaymentNotFound
@@ -245,3 +248,17 @@ def test_the_event_stream_names_each_payments_account_from_the_cache_or_the_stor
             assert replica.account_of(event) == owners[event.originator_id]
     finally:
         replica.close()
+
+
+def test_audit_show_and_export_name_the_account(
+    app: Payments, database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    payment = app.create_payment(create_request("order-1"), scope="checkout", account=SHOP)
+    assert main(["audit", "show", str(payment.id), "--database-url", database_url]) == 0
+    title = capsys.readouterr().out.splitlines()[0]
+    assert title.endswith("account shop)")
+    out = tmp_path / "events.jsonl"
+    export = ["audit", "export", "--database-url", database_url, "--out", str(out)]
+    assert main([*export, "--format", "jsonl"]) == 0
+    first = next(load_export(out))
+    assert (first.type, first.data["account"]) == ("Requested", SHOP)
