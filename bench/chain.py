@@ -48,7 +48,7 @@ def intent(n: int) -> Payment:
     payment = Payment(
         id=uuid4(), amount=1000, currency="USD", payment_method="pm_card_visa", region="US",
         capture_mode="automatic", reference="", metadata={}, scope=cause.scope,
-        idempotency_key=cause.idempotency_key, caused_by=cause.as_data(),
+        idempotency_key=cause.idempotency_key, caused_by=cause.as_data(), account="default",
     )  # fmt: skip
     deadline = datetime.now(UTC) + timedelta(seconds=3)
     payment.start_authorization(provider="sandbox", deadline=deadline, cause=cause)

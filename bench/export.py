@@ -124,6 +124,7 @@ def captured_payment(n: int, deadline: datetime) -> Payment:
         scope="default",
         idempotency_key=key,
         caused_by=cause.as_data(),
+        account="default",
     )
     payment.start_authorization(provider="sandbox", deadline=deadline, cause=cause)
     reference = f"sbx_pay_{n}"

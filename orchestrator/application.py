@@ -24,6 +24,7 @@ from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import IntegrityError, ProcessRecorder
 from eventsourcing.utils import get_topic
 
+from orchestrator.accounts import DEFAULT_ACCOUNT, DEFAULT_INDEX_SIZE, AccountIndex
 from orchestrator.commands import (
     CancelPayment,
     CapturePayment,
@@ -121,11 +122,18 @@ class Payments(Application[UUID]):
         new_owner: Callable[[], str] = lambda: uuid4().hex,
         recovery_schedule: Sequence[float] = DEFAULT_RECOVERY_SCHEDULE,
         result_cache_size: int = DEFAULT_SIZE,
+        default_account: str = DEFAULT_ACCOUNT,
+        account_index_size: int = DEFAULT_INDEX_SIZE,
     ) -> None:
         """``clock``, ``sleep``, ``monotonic`` (what callers' ``answer_by`` deadlines are
         measured on) and ``new_owner`` (a command's owner token) are injectable, so that the
-        simulator (``tests/simulation``) runs the real code on simulated time and seeded ids."""
+        simulator (``tests/simulation``) runs the real code on simulated time and seeded ids.
+        ``default_account`` owns the payments stored before payments named their account."""
         super().__init__(env)
+        if not default_account:
+            raise ValueError("the default account needs a name")
+        self.default_account = default_account
+        self.accounts = AccountIndex(self._stored_account, account_index_size)
         self.router = router
         self.clock = clock
         self.sleep = sleep
@@ -144,7 +152,13 @@ class Payments(Application[UUID]):
 
     # --- queries --------------------------------------------------------------------------
 
-    def get_payment(self, payment_id: UUID | str, *, version: int | None = None) -> Payment:
+    # Every query and command takes ``account``: the caller's account, which must own the
+    # payment, or it is answered exactly as a payment that does not exist (no existence
+    # leak). ``None`` is the service itself (recovery, webhooks, operator tools): any account.
+
+    def get_payment(
+        self, payment_id: UUID | str, *, version: int | None = None, account: str | None = None
+    ) -> Payment:
         pid = payment_id if isinstance(payment_id, UUID) else parse_payment_id(payment_id)
         try:
             payment: Payment = self.repository.get(pid, version=version)
@@ -152,7 +166,27 @@ class Payments(Application[UUID]):
             raise PaymentNotFound(str(payment_id)) from None
         if not isinstance(payment, Payment):  # an id of another kind of aggregate
             raise PaymentNotFound(str(payment_id))
+        if account is not None and self.owner(payment) != account:
+            raise PaymentNotFound(str(payment_id))
         return payment
+
+    def owner(self, payment: Payment) -> str:
+        """The account the payment belongs to."""
+        return payment.account or self.default_account
+
+    def account_of(self, event: DomainEventProtocol[UUID]) -> str:
+        """The account owning the payment of a payment event, mostly without a store read:
+        what the event stream filters by."""
+        if isinstance(event, Payment.Requested):
+            account = event.account or self.default_account
+            self.accounts.put(event.originator_id, account)
+            return account
+        return self.accounts.get(event.originator_id)
+
+    def _stored_account(self, payment_id: UUID) -> str:
+        first = next(iter(self.events.get(payment_id, limit=1)), None)
+        account = first.account if isinstance(first, Payment.Requested) else ""
+        return account or self.default_account
 
     def events_after(
         self, position: int, *, limit: int = 500
@@ -178,18 +212,26 @@ class Payments(Application[UUID]):
                 return
             position = batch[-1][0]
 
-    def payment_events(self, payment_id: str) -> Iterator[DomainEventProtocol[UUID]]:
-        payment = self.get_payment(payment_id)
+    def payment_events(
+        self, payment_id: str, *, account: str | None = None
+    ) -> Iterator[DomainEventProtocol[UUID]]:
+        payment = self.get_payment(payment_id, account=account)
         yield from self.events.get(payment.id, lte=payment.version)
 
     # --- commands -------------------------------------------------------------------------
 
     def create_payment(
-        self, request: CreatePayment, *, scope: str, answer_by: float | None = None
+        self,
+        request: CreatePayment,
+        *,
+        scope: str,
+        account: str | None = None,
+        answer_by: float | None = None,
     ) -> Payment:
+        """``account`` owns the new payment (``None``: the default account)."""
         cmd = request.validated()
         cid = command_id(scope, cmd.idempotency_key)
-        if (replayed := self._replay_if_known(cid, cmd, answer_by)) is not None:
+        if (replayed := self._replay_if_known(cid, cmd, answer_by, account)) is not None:
             return replayed
         routes = self.router.candidates(cmd.region, cmd.currency)
         if not routes:
@@ -217,6 +259,7 @@ class Payments(Application[UUID]):
             scope=scope,
             idempotency_key=cmd.idempotency_key,
             caused_by=cause.as_data(),
+            account=self.default_account if account is None else account,
         )
         op = payment.start_authorization(
             provider=route.provider.name, deadline=self._deadline(route), cause=cause
@@ -225,11 +268,16 @@ class Payments(Application[UUID]):
         try:
             self.save(payment, record)
         except IntegrityError:
-            return self._replay_after_conflict(cid, cmd, record, answer_by)
+            return self._replay_after_conflict(cid, cmd, record, answer_by, account)
         return self._perform(payment, record, op, answer_by, fallbacks)
 
     def capture_payment(
-        self, request: CapturePayment, *, scope: str, answer_by: float | None = None
+        self,
+        request: CapturePayment,
+        *,
+        scope: str,
+        account: str | None = None,
+        answer_by: float | None = None,
     ) -> Payment:
         cmd = request.validated()
 
@@ -237,20 +285,30 @@ class Payments(Application[UUID]):
             amount = validation.optional_amount(cmd.amount, payment.currency)
             return payment.start_capture(amount, deadline=self._deadline_for(payment), cause=cause)
 
-        return self._follow_up(cmd, scope, answer_by, start)
+        return self._follow_up(cmd, scope, account, answer_by, start)
 
     def cancel_payment(
-        self, request: CancelPayment, *, scope: str, answer_by: float | None = None
+        self,
+        request: CancelPayment,
+        *,
+        scope: str,
+        account: str | None = None,
+        answer_by: float | None = None,
     ) -> Payment:
         cmd = request.validated()
 
         def start(payment: Payment, cause: Cause) -> Operation:
             return payment.start_cancel(deadline=self._deadline_for(payment), cause=cause)
 
-        return self._follow_up(cmd, scope, answer_by, start)
+        return self._follow_up(cmd, scope, account, answer_by, start)
 
     def refund_payment(
-        self, request: RefundPayment, *, scope: str, answer_by: float | None = None
+        self,
+        request: RefundPayment,
+        *,
+        scope: str,
+        account: str | None = None,
+        answer_by: float | None = None,
     ) -> Payment:
         cmd = request.validated()
 
@@ -260,7 +318,7 @@ class Payments(Application[UUID]):
                 amount, reason=cmd.reason, deadline=self._deadline_for(payment), cause=cause
             )
 
-        return self._follow_up(cmd, scope, answer_by, start)
+        return self._follow_up(cmd, scope, account, answer_by, start)
 
     # --- the shared path of follow-up commands --------------------------------------------
 
@@ -268,14 +326,16 @@ class Payments(Application[UUID]):
         self,
         cmd: CapturePayment | CancelPayment | RefundPayment,
         scope: str,
+        account: str | None,
         answer_by: float | None,
         start: Callable[[Payment, Cause], Operation],
     ) -> Payment:
         cid = command_id(scope, cmd.idempotency_key)
-        if (replayed := self._replay_if_known(cid, cmd, answer_by)) is not None:
+        if (replayed := self._replay_if_known(cid, cmd, answer_by, account)) is not None:
             return replayed
         for _ in range(MAX_CONFLICTS):
-            payment = self.get_payment(cmd.payment_id)
+            # Another account's payment is refused here: before a lookup, a write or a call.
+            payment = self.get_payment(cmd.payment_id, account=account)
             if self._lease_over(payment):
                 # Never act on a guess: ask the provider what became of the operation in
                 # doubt before starting another one.
@@ -285,7 +345,8 @@ class Payments(Application[UUID]):
             except DomainError:
                 # A concurrent duplicate may have won since we looked: its operation is what
                 # now makes ours look refused. Answer with its result if so.
-                if (replayed := self._replay_if_known(cid, cmd, answer_by)) is not None:
+                replayed = self._replay_if_known(cid, cmd, answer_by, account)
+                if replayed is not None:
                     return replayed
                 raise
             record = self._command_record(cid, cmd, scope, payment.id, op)
@@ -293,7 +354,7 @@ class Payments(Application[UUID]):
                 self.save(payment, record)
             except IntegrityError:
                 if self.find_command(cid) is not None:
-                    return self._replay_after_conflict(cid, cmd, record, answer_by)
+                    return self._replay_after_conflict(cid, cmd, record, answer_by, account)
                 continue  # another command moved the payment on: read it again and re-check
             return self._perform(payment, record, op, answer_by)
         raise ConcurrentModification("the payment kept changing; retry with the same key")
@@ -585,15 +646,24 @@ class Payments(Application[UUID]):
         assert record is not None, "commands are never deleted"
         return record
 
-    def _replay_if_known(self, cid: UUID, cmd: Command, answer_by: float | None) -> Payment | None:
+    def _replay_if_known(
+        self, cid: UUID, cmd: Command, answer_by: float | None, account: str | None
+    ) -> Payment | None:
         if (known := self.results.get(cid)) is not None:
             _refuse_if_reused(known.fingerprint, known.name, cmd)
+            if account is not None and self.owner(known.payment) != account:
+                raise _not_yours(cmd)
             return known.payment
         record = self.find_command(cid)
-        return None if record is None else self._replay(record, cmd, answer_by)
+        return None if record is None else self._replay(record, cmd, answer_by, account)
 
     def _replay_after_conflict(
-        self, cid: UUID, cmd: Command, mine: CommandRecord, answer_by: float | None
+        self,
+        cid: UUID,
+        cmd: Command,
+        mine: CommandRecord,
+        answer_by: float | None,
+        account: str | None,
     ) -> Payment:
         record = self._get_command(cid)
         if record.owner == mine.owner:
@@ -601,10 +671,16 @@ class Payments(Application[UUID]):
             # commit). Never call the provider from here: the record's lease will expire and
             # the operation, still pending, is resolved by asking the provider.
             log.warning("save reported a conflict but committed: command %s", cid)
-        return self._replay(record, cmd, answer_by)
+        return self._replay(record, cmd, answer_by, account)
 
-    def _replay(self, record: CommandRecord, cmd: Command, answer_by: float | None) -> Payment:
+    def _replay(
+        self, record: CommandRecord, cmd: Command, answer_by: float | None, account: str | None
+    ) -> Payment:
         _refuse_if_reused(record.fingerprint, record.name, cmd)
+        # The command id includes the scope, which names one caller of one account; this
+        # holds even for a scope that two accounts were configured to share.
+        if account is not None and self.accounts.get(record.payment_id) != account:
+            raise _not_yours(cmd)
         poll = _POLL_START
         while not record.completed:
             if self.clock() >= record.lease_until:
@@ -634,6 +710,14 @@ class Payments(Application[UUID]):
         outcome is learnt), nor a payment read at another version."""
         if record.completed and not record.in_doubt and payment.version == record.payment_version:
             self.results.put(record.id, KnownResult(record.name, record.fingerprint, payment))
+
+
+def _not_yours(cmd: Command) -> DomainError:
+    """What a caller learns of a command of its scope on another account's payment: for a
+    follow-up, that its payment does not exist; for a create, that the key is taken."""
+    if isinstance(cmd, CreatePayment):
+        return IdempotencyKeyReused(cmd.idempotency_key, cmd.name)
+    return PaymentNotFound(cmd.payment_id)
 
 
 def _refuse_if_reused(recorded: str, name: str, cmd: Command) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from adapters.sandbox import SandboxAdapter
 from adapters.sandbox import from_config as sandbox_from_config
+from orchestrator.accounts import DEFAULT_ACCOUNT
 from orchestrator.api.server import DEFAULT_WORKERS
 from orchestrator.api.trust import AuthSettings, TlsSettings, read_trust
 from orchestrator.application import DEFAULT_RECOVERY_SCHEDULE, Payments
@@ -247,8 +248,14 @@ def _recovery(table: Mapping[str, Any]) -> RecoverySettings:
 
 
 def build_payments(
-    database_url: str, router: Router, *, recovery_schedule: Sequence[float] | None = None
+    database_url: str,
+    router: Router,
+    *,
+    recovery_schedule: Sequence[float] | None = None,
+    default_account: str = DEFAULT_ACCOUNT,
 ) -> Payments:
+    """``default_account`` (``[auth] default_account``) owns the payments stored before
+    payments named their account."""
     store = parse_database_url(database_url)
     log.info("event store: %s", store.display)
     with schema_lock(store):
@@ -256,4 +263,5 @@ def build_payments(
             env=store.env,
             router=router,
             recovery_schedule=recovery_schedule or DEFAULT_RECOVERY_SCHEDULE,
+            default_account=default_account,
         )

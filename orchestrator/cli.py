@@ -13,6 +13,7 @@ from types import FrameType
 
 from adapters.sandbox import new_webhook_secret, start_sandbox
 from adapters.sandbox.server import run_sandbox
+from orchestrator.accounts import DEFAULT_ACCOUNT
 from orchestrator.api.server import PaymentServer, create_server
 from orchestrator.api.trust import exposure, hash_token
 from orchestrator.application import Payments
@@ -294,8 +295,9 @@ def serve_forever(settings: Settings) -> int:
             load_configuration(settings.config, sandbox_url, sandbox_webhook_secret=webhook_secret),
         )
         app = build_payments(
-            settings.database_url, config.router, recovery_schedule=config.recovery.schedule
-        )
+            settings.database_url, config.router, recovery_schedule=config.recovery.schedule,
+            default_account=config.auth.default_account if config.auth else DEFAULT_ACCOUNT,
+        )  # fmt: skip
         server = create_server(
             settings.grpc_listen, app, max_workers=settings.grpc_workers, tls=config.tls,
             auth=config.auth,

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+from orchestrator.accounts import DEFAULT_ACCOUNT
 from orchestrator.domain.command import DEFAULT_SCOPE
 
 # Roles (the auth configuration grants them per caller)
@@ -21,10 +22,6 @@ PAYMENTS_READ = "payments.read"  # get, list a payment's events
 EVENTS_STREAM = "events.stream"  # StreamEvents: the feed for downstream consumers
 OPERATOR = "operator"  # operator tools (settling payments that need a person)
 ROLES = frozenset({PAYMENTS_WRITE, PAYMENTS_READ, EVENTS_STREAM, OPERATOR})
-
-# The account that owns payments created before accounts existed, and every payment when
-# no authentication is configured.
-DEFAULT_ACCOUNT = "default"
 
 
 @dataclass(frozen=True)

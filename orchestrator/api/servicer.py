@@ -87,7 +87,7 @@ class PaymentOrchestratorServicer(payments_pb2_grpc.PaymentOrchestratorServicer)
             metadata=dict(request.metadata),
         )
         return _answer(context, lambda: self.answers.of(self.app.create_payment(
-            command, scope=_scope(context), answer_by=_answer_by(context)
+            command, scope=_scope(context), account=_account(), answer_by=_answer_by(context)
         )))  # fmt: skip
 
     def CapturePayment(  # noqa: N802
@@ -95,7 +95,7 @@ class PaymentOrchestratorServicer(payments_pb2_grpc.PaymentOrchestratorServicer)
     ) -> pb.Payment:
         command = CapturePayment(request.idempotency_key, request.payment_id, request.amount)
         return _answer(context, lambda: self.answers.of(self.app.capture_payment(
-            command, scope=_scope(context), answer_by=_answer_by(context)
+            command, scope=_scope(context), account=_account(), answer_by=_answer_by(context)
         )))  # fmt: skip
 
     def CancelPayment(  # noqa: N802
@@ -103,7 +103,7 @@ class PaymentOrchestratorServicer(payments_pb2_grpc.PaymentOrchestratorServicer)
     ) -> pb.Payment:
         command = CancelPayment(request.idempotency_key, request.payment_id)
         return _answer(context, lambda: self.answers.of(self.app.cancel_payment(
-            command, scope=_scope(context), answer_by=_answer_by(context)
+            command, scope=_scope(context), account=_account(), answer_by=_answer_by(context)
         )))  # fmt: skip
 
     def RefundPayment(  # noqa: N802
@@ -113,19 +113,22 @@ class PaymentOrchestratorServicer(payments_pb2_grpc.PaymentOrchestratorServicer)
             request.idempotency_key, request.payment_id, request.amount, request.reason
         )
         return _answer(context, lambda: self.answers.of(self.app.refund_payment(
-            command, scope=_scope(context), answer_by=_answer_by(context)
+            command, scope=_scope(context), account=_account(), answer_by=_answer_by(context)
         )))  # fmt: skip
 
     def GetPayment(  # noqa: N802
         self, request: pb.GetPaymentRequest, context: grpc.ServicerContext
     ) -> pb.Payment:
-        return _answer(context, lambda: to_proto(self.app.get_payment(request.payment_id)))
+        return _answer(
+            context,
+            lambda: to_proto(self.app.get_payment(request.payment_id, account=_account())),
+        )
 
     def ListPaymentEvents(  # noqa: N802
         self, request: pb.ListPaymentEventsRequest, context: grpc.ServicerContext
     ) -> pb.ListPaymentEventsResponse:
         def events() -> pb.ListPaymentEventsResponse:
-            stored = self.app.payment_events(request.payment_id)
+            stored = self.app.payment_events(request.payment_id, account=_account())
             return pb.ListPaymentEventsResponse(events=[event_to_proto(e) for e in stored])
 
         return _answer(context, events)
@@ -138,10 +141,19 @@ class PaymentOrchestratorServicer(payments_pb2_grpc.PaymentOrchestratorServicer)
                 "after_position", "after_position cannot be negative", reason="INVALID_POSITION"
             )
             context.abort_with_status(to_status(error))
+        # The caller is read now, in the call: the stream's body runs later, as gRPC pulls
+        # each message, outside whatever context an interceptor set around this method.
+        return self._stream(request, context, _account())
+
+    def _stream(
+        self, request: pb.StreamEventsRequest, context: grpc.ServicerContext, account: str
+    ) -> Iterator[pb.StreamedEvent]:
         position = request.after_position
         while context.is_active():
             batch = self.app.events_after(position, limit=_STREAM_PAGE)
             for position, event in batch:
+                if self.app.account_of(event) != account:
+                    continue  # another account's payment: the caller sees a gap in positions
                 yield pb.StreamedEvent(
                     position=position,
                     payment_id=str(event.originator_id),
@@ -186,9 +198,12 @@ class RenderedAnswers:
 
 
 def _scope(context: grpc.ServicerContext) -> str:
-    # The authenticated caller's (orchestrator/api/auth.py); without auth, the one pre-auth
-    # scope every call shares.
+    # The caller's idempotency scope: the same key from two callers is two commands.
     return current_caller().scope
+
+
+def _account() -> str:
+    return current_caller().account
 
 
 def _answer_by(context: grpc.ServicerContext) -> float | None:

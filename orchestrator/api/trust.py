@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.api.identity import DEFAULT_ACCOUNT, ROLES, Caller
+from orchestrator.accounts import DEFAULT_ACCOUNT
+from orchestrator.api.identity import ROLES, Caller
 from orchestrator.domain.command import DEFAULT_SCOPE
 
 # A valid request is tens of kilobytes; gRPC's own default (4 MiB) would let one call make

@@ -49,7 +49,7 @@ def timeline(app: Payments, payment_id: str) -> list[str]:
     # command changes the payment meanwhile.
     payment = app.get_payment(payment_id, version=events[-1].originator_version)
     rows = [_row(event, payment.currency) for event in events]
-    return [_title(payment), "", *table(rows), "", status_line(payment)]
+    return [_title(payment, app.owner(payment)), "", *table(rows), "", status_line(payment)]
 
 
 def table(rows: Sequence[tuple[str, ...]]) -> list[str]:
@@ -100,8 +100,12 @@ def _row(event: DomainEventProtocol[UUID], currency: str) -> tuple[str, ...]:
     )
 
 
-def _title(payment: Payment) -> str:
-    details = [f"region {payment.region}", f"provider {payment.provider or '-'}"]
+def _title(payment: Payment, account: str) -> str:
+    details = [
+        f"region {payment.region}",
+        f"provider {payment.provider or '-'}",
+        f"account {account}",
+    ]
     if payment.reference:
         details.insert(0, f"reference {payment.reference}")
     return _fit(f"payment {payment.id} ({', '.join(details)})")

@@ -151,6 +151,15 @@ class Payment(Aggregate):
         scope: str
         idempotency_key: str
         caused_by: dict[str, str]
+        account: str  # since version 2; "" names no account: see Payment.account
+
+        class_version = 2
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            # Stored before payments belonged to accounts: the application's default
+            # account owns it, whichever that is configured to be.
+            state["account"] = ""
 
     class OperationStarted(Aggregate.Event):
         sequence: int
@@ -282,7 +291,11 @@ class Payment(Aggregate):
         scope: str,
         idempotency_key: str,
         caused_by: dict[str, str],  # Cause(scope, idempotency_key).as_data()
+        account: str,
     ) -> None:
+        # The account whose callers may see and change it. "" (payments created before
+        # accounts existed) is the application's configured default account.
+        self.account = account
         self.amount = amount
         self.currency = currency
         self.payment_method = payment_method

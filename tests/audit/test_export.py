@@ -182,7 +182,7 @@ def captured_payment(n: int, deadline: datetime) -> Payment:
         id=uuid4(), amount=1000 + n % 500, currency="USD", payment_method="pm_card_visa",
         region="US", capture_mode="manual", reference=f"order-{n}", metadata={},
         scope="default", idempotency_key=f"bulk-{n}",
-        caused_by=cause.as_data(),
+        caused_by=cause.as_data(), account="default",
     )  # fmt: skip
     payment.start_authorization(provider="sandbox", deadline=deadline, cause=cause)
     payment.record_success(

@@ -58,7 +58,7 @@ def intent(payment_id: UUID | None = None) -> Payment:
     payment = Payment(
         id=payment_id or uuid4(), amount=1000, currency="USD", payment_method="pm_card_visa",
         region="US", capture_mode="manual", reference=cause.idempotency_key, metadata={},
-        scope=cause.scope, idempotency_key=cause.idempotency_key, caused_by=cause.as_data(),
+        scope=cause.scope, idempotency_key=cause.idempotency_key, caused_by=cause.as_data(), account="default",
     )  # fmt: skip
     payment.start_authorization(
         provider="sandbox", deadline=datetime.now(UTC) + timedelta(seconds=3), cause=cause

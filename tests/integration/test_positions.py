@@ -56,7 +56,7 @@ def requested() -> Payment:
     return Payment(
         id=uuid4(), amount=100_000, currency="USD", payment_method="pm_card_visa", region="US",
         capture_mode="manual", reference="order-1", metadata={}, scope="default",
-        idempotency_key="key-0", caused_by=CAUSE.as_data(),
+        idempotency_key="key-0", caused_by=CAUSE.as_data(), account="default",
     )  # fmt: skip
 
 

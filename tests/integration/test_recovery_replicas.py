@@ -107,7 +107,7 @@ def in_doubt(app: Payments) -> Payment:
     payment = Payment(
         id=uuid4(), amount=1000, currency="USD", payment_method="pm_card_visa", region="US",
         capture_mode="manual", reference="order-1", metadata={}, scope="default",
-        idempotency_key="key-0", caused_by=CAUSE.as_data(),
+        idempotency_key="key-0", caused_by=CAUSE.as_data(), account="default",
     )  # fmt: skip
     deadline = datetime.now(UTC) - timedelta(seconds=10)
     payment.start_authorization(provider="sandbox", deadline=deadline, cause=CAUSE)

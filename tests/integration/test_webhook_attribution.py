@@ -46,6 +46,7 @@ def requested() -> Payment:
         scope="default",
         idempotency_key="key-0",
         caused_by=Cause("default", "key-0").as_data(),
+        account="default",
     )
 
 

@@ -24,9 +24,9 @@ from orchestrator.domain.command import fingerprint
 from orchestrator.domain.errors import (
     ConcurrentModification,
     DomainError,
-    IdempotencyKeyReused,
     NoProviderAvailable,
     OperationInProgress,
+    PaymentNotFound,
     RequestInProgress,
 )
 from orchestrator.domain.payment import Payment, Status
@@ -40,10 +40,9 @@ from tests.simulation.providers import DECLINING_METHOD, Faults, SimulatedProvid
 from tests.simulation.scheduler import EPOCH, Crashed, Host, Scheduler
 from tests.simulation.store import SimulatedStore
 
-# Two callers, each its own idempotency scope (the authenticated caller's): customers 2k
-# and 2k+1 send the same keys, one as each caller, so a scope mix-up shows as one payment
-# answered for two callers' creates.
-SCOPES = ("checkout", "refunds")
+# Two accounts: customer i calls as ACCOUNTS[i % 2]; the other account's callers try the same
+# key (customer 0's twin: a payment of its own) and each customer's payment (never found).
+ACCOUNTS = ("shop", "market")
 RETRYABLE = (RequestInProgress, ConcurrentModification, NoProviderAvailable, OperationInProgress)
 CALL_TIMEOUT = 1.0  # a provider call's whole budget (the operation's deadline)
 SCHEDULE = (1.0, 2.0, 4.0)  # recovery lookups, seconds apart
@@ -52,13 +51,27 @@ SETTLE_SECONDS = 40.0  # then: recovery, webhooks and breakers have this long to
 CALLER_DEADLINE = 2.5  # each call's gRPC deadline, as ``answer_by``
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who calls: its account, and its idempotency scope (the caller's name)."""
+
+    account: str
+    scope: str
+
+
+def caller_of(customer: int, *, other: bool = False) -> Caller:
+    """Customer ``customer``'s caller, or (``other``) a caller of the other account."""
+    account = ACCOUNTS[(customer + other) % 2]
+    return Caller(account, f"{account}.checkout")
+
+
 @dataclass
 class Answer:
     """What a command's caller was told the first time it got a definite answer."""
 
     request: Any
     summary: tuple[Any, ...]
-    scope: str
+    caller: Caller
 
 
 @dataclass
@@ -203,10 +216,9 @@ class World:
     providers: dict[str, SimulatedProvider] = field(init=False)
     replicas: dict[str, Replica] = field(init=False)
     hosts: list[Host] = field(init=False)
-    answers: dict[str, list[Answer]] = field(default_factory=dict)  # by "scope/key"
+    answers: dict[str, list[Answer]] = field(default_factory=dict)  # by scope/key
+    leaks: list[str] = field(default_factory=list)  # another account's payment, seen
     refused: list[str] = field(default_factory=list)  # keys refused as reused
-    reused: set[str] = field(default_factory=set)  # "scope/key" another command was sent under
-    collided: list[str] = field(default_factory=list)  # a caller's own key refused as reused
     crashes: list[str] = field(default_factory=list)
     payment_ids: list[str] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)  # what every replica's resilient layer did
@@ -287,11 +299,7 @@ class World:
     # --- callers ----------------------------------------------------------------------
 
     def call(
-        self,
-        name: str,
-        request: Any,
-        command: Callable[[Payments], Payment],
-        scope: str = SCOPES[0],
+        self, name: str, request: Any, command: Callable[[Payments], Payment], caller: Caller
     ) -> Any:
         """Calls a live replica as a gRPC client would: a crash or a retryable error is
         retried with the same key after a pause; returns the payment or the final error."""
@@ -318,15 +326,20 @@ class World:
                 sched.bind(before)
                 return e
             sched.bind(before)
-            self._remember(request, payment, scope)
+            if replica.app.owner(payment) != caller.account:
+                self.leaks.append(
+                    f"payment {payment.id}: of {replica.app.owner(payment)}, answered to "
+                    f"{name} of {caller.account} ({request.name} {request.idempotency_key})"
+                )
+            self._remember(request, payment, caller)
             return payment
         return None
 
-    def _remember(self, request: Any, payment: Payment, scope: str) -> None:
+    def _remember(self, request: Any, payment: Payment, caller: Caller) -> None:
         if payment.status in (Status.PROCESSING, Status.REQUIRES_REVIEW):
             return  # an answer in doubt is not a stored result: it shows what is known now
-        self.answers.setdefault(f"{scope}/{request.idempotency_key}", []).append(
-            Answer(request, summary(payment), scope)
+        self.answers.setdefault(f"{caller.scope}/{request.idempotency_key}", []).append(
+            Answer(request, summary(payment), caller)
         )
 
     def _customer(self, i: int) -> Callable[[], None]:
@@ -336,11 +349,11 @@ class World:
         def deadline() -> float:
             return sched.monotonic() + CALLER_DEADLINE
 
-        scope, order = SCOPES[i % 2], i // 2
+        caller = caller_of(i)
 
         def run() -> None:
             request = CreatePayment(
-                idempotency_key=f"order-{order}-create",
+                idempotency_key=f"order-{i}-create",
                 amount=rng.choice((1000, 2500, 999)),
                 currency="EUR",
                 payment_method=DECLINING_METHOD if rng.random() < 0.15 else "pm_card_visa",
@@ -348,17 +361,19 @@ class World:
                 capture_mode=rng.choice(("manual", "automatic")),
                 reference=f"order-{i}",
             )
-            create = _command_of(request, deadline, scope)
-            self._duplicates(request, create, scope)
-            created = self.call(f"customer{i}", request, create, scope)
-            self._own_key(created, scope, request)
+            create = _command_of(request, caller, deadline)
+            self._duplicates(request, create, caller)
+            if i == 0:
+                self.scheduler.spawn(f"twin {request.idempotency_key}", self._twin(request))
+            created = self.call(f"customer{i}", request, create, caller)
             if not isinstance(created, Payment):
                 return
             self.payment_ids.append(str(created.id))
             pid = str(created.id)
+            self._intrude(i, pid, deadline)
             for step in range(rng.randint(0, 3)):
                 sched.sleep(rng.uniform(0, 3))
-                key = f"order-{order}-op{step}"
+                key = f"order-{i}-op{step}"
                 choice = rng.random()
                 follow: Any
                 if choice < 0.45:
@@ -369,33 +384,63 @@ class World:
                 else:
                     amount = rng.choice((0, 100))
                     follow = RefundPayment(idempotency_key=key, payment_id=pid, amount=amount)
-                command = _command_of(follow, deadline, scope)
-                self._duplicates(follow, command, scope)
-                self._own_key(self.call(f"customer{i}", follow, command, scope), scope, follow)
+                command = _command_of(follow, caller, deadline)
+                self._duplicates(follow, command, caller)
+                self.call(f"customer{i}", follow, command, caller)
 
         return run
 
-    def _own_key(self, answer: Any, scope: str, request: Any) -> None:
-        """A key that only its caller used is never refused as reused: callers' scopes are
-        apart, however alike their keys."""
-        key = f"{scope}/{request.idempotency_key}"
-        if isinstance(answer, IdempotencyKeyReused) and key not in self.reused:
-            self.collided.append(key)
+    def _twin(self, request: CreatePayment) -> Callable[[], None]:
+        """Customer 0's create, the same key, from a caller of the other account: another
+        command, so a payment of its own, never a refusal or the customer's payment."""
+        twin = caller_of(0, other=True)
 
-    def _duplicates(self, request: Any, command: Callable[[Payments], Payment], scope: str) -> None:
+        def run() -> None:
+            answer = self.call("twin", request, _command_of(request, twin), twin)
+            if isinstance(answer, DomainError):
+                self.leaks.append(f"command {request.idempotency_key}: twin refused: {answer!r}")
+
+        return run
+
+    def _intrude(self, i: int, pid: str, deadline: Callable[[], float]) -> None:
+        """A caller of the other account reads and captures customer ``i``'s payment: each
+        must find nothing, as for a payment that does not exist."""
+        intruder = caller_of(i, other=True)
+        probe = CapturePayment(idempotency_key=f"order-{i}-intrude", payment_id=pid)
+        capture = _command_of(probe, intruder, deadline)
+
+        def attempt(app: Payments) -> Payment:
+            reads: tuple[Callable[[], object], ...] = (
+                lambda: app.get_payment(pid, account=intruder.account),
+                lambda: list(app.payment_events(pid, account=intruder.account)),
+            )
+            for read in reads:
+                try:
+                    read()
+                except PaymentNotFound:
+                    continue
+                self.leaks.append(f"payment {pid}: read by {intruder.account}")
+            return capture(app)
+
+        answer = self.call(f"intruder{i}", probe, attempt, intruder)
+        if answer is not None and not isinstance(answer, PaymentNotFound):
+            self.leaks.append(f"payment {pid}: {intruder.account}'s capture answered {answer!r}")
+
+    def _duplicates(
+        self, request: Any, command: Callable[[Payments], Payment], caller: Caller
+    ) -> None:
         """Sometimes the caller (or its load balancer) sends the same command twice at once;
         sometimes a buggy caller sends another command under the same key."""
         if self.rng.random() < 0.3:
             self.scheduler.spawn(
                 f"duplicate {request.idempotency_key}",
-                lambda: self.call("duplicate", request, command, scope),
+                lambda: self.call("duplicate", request, command, caller),
             )
         if isinstance(request, CreatePayment) and self.rng.random() < 0.1:
             other = replace(request, amount=request.amount + 1)
-            self.reused.add(f"{scope}/{request.idempotency_key}")
             self.scheduler.spawn(
                 f"reuse {request.idempotency_key}",
-                lambda: self.call("reuse", other, _command_of(other, scope=scope), scope),
+                lambda: self.call("reuse", other, _command_of(other, caller), caller),
             )
 
     # --- webhooks on their way ---------------------------------------------------------
@@ -442,10 +487,8 @@ class World:
         def replay() -> None:
             for key, answers in sorted(self.answers.items()):
                 first = answers[0]
-                again = self.call(
-                    "replay", first.request, _command_of(first.request, scope=first.scope),
-                    first.scope,
-                )  # fmt: skip
+                command = _command_of(first.request, first.caller)
+                again = self.call("replay", first.request, command, first.caller)
                 results.append(
                     (key, first.summary, summary(again) if isinstance(again, Payment) else again)
                 )
@@ -456,9 +499,7 @@ class World:
 
 
 def _command_of(
-    request: Any,
-    deadline: Callable[[], float | None] = lambda: None,
-    scope: str = SCOPES[0],
+    request: Any, caller: Caller, deadline: Callable[[], float | None] = lambda: None
 ) -> Callable[[Payments], Payment]:
     """The application call a request makes, with the caller's deadline taken per call."""
     method = {
@@ -467,7 +508,9 @@ def _command_of(
         "CancelPayment": "cancel_payment",
         "RefundPayment": "refund_payment",
     }[request.name]
-    return lambda app: getattr(app, method)(request, scope=scope, answer_by=deadline())
+    return lambda app: getattr(app, method)(
+        request, scope=caller.scope, account=caller.account, answer_by=deadline()
+    )
 
 
 def summary(payment: Payment) -> tuple[Any, ...]:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.accounts import DEFAULT_ACCOUNT
 from orchestrator.api._generated import payments_pb2
 from orchestrator.api.auth import METHOD_ROLES, PAYMENTS_SERVICE
-from orchestrator.api.identity import DEFAULT_ACCOUNT, PAYMENTS_READ, PAYMENTS_WRITE
+from orchestrator.api.identity import PAYMENTS_READ, PAYMENTS_WRITE
 from orchestrator.api.trust import (
     MAX_MESSAGE_BYTES,
     TrustConfigError,

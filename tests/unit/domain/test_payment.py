@@ -36,6 +36,7 @@ def requested(amount: int = 1000, capture_mode: str = "manual") -> Payment:
         scope="default",
         idempotency_key="key-0",
         caused_by=Cause("default", "key-0").as_data(),
+        account="default",
     )
     payment.start_authorization(provider="sandbox", deadline=DEADLINE, cause=CAUSE)
     return payment
