@@ -30,7 +30,7 @@ from orchestrator.store import parse_database_url
 from orchestrator.webhooks.processor import WebhookProcessor
 
 CAUSE = Cause("default", "key-0")
-NOW = datetime.now(UTC)
+NOW = datetime.now(UTC)  # fixed at import: replicas whose lease must hold take it as their clock
 NOWHERE = "http://127.0.0.1:9"  # a provider never called: only webhooks change these payments
 
 
@@ -322,7 +322,9 @@ def test_a_restarted_replica_reads_only_the_payments_in_doubt(
     database_url: str, sandbox: SandboxServer
 ) -> None:
     router = sandbox_router(sandbox)
-    first = replica(database_url, router)  # its lease is not over: it looks nothing up
+    # Its clock stands at NOW, so its lease is not over however late the test runs: it
+    # looks nothing up.
+    first = replica(database_url, router, clock=lambda: NOW)
     later = NOW + timedelta(hours=1)
     restarted = replica(database_url, router, clock=lambda: later)
     try:
@@ -413,7 +415,7 @@ def test_two_replicas_share_one_index_and_neither_loses_a_payment(
     database_url: str, sandbox: SandboxServer
 ) -> None:
     router = sandbox_router(sandbox)
-    first = replica(database_url, router)
+    first = replica(database_url, router, clock=lambda: NOW)  # the lease is its own
     later = NOW + timedelta(hours=1)
     second = replica(database_url, router, clock=lambda: later)
     try:
