@@ -408,3 +408,72 @@ def test_without_auth_a_message_over_one_mebibyte_is_refused_before_it_is_parsed
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert not running.ledger()
     assert running.stub.CreatePayment(create_request("after-huge")).payment_id
+
+
+def test_another_accounts_caller_finds_nothing_through_the_real_interceptor(
+    trusted: TrustedFactory,
+) -> None:
+    """Accounts end to end with real tokens over TLS: every RPC on shop's payment answers a
+    market caller NOT_FOUND, word for word as for an id that does not exist, and its stream
+    shows none of shop's events."""
+    market = f"""
+[[auth.callers]]
+name = "market-checkout"
+account = "market"
+roles = ["payments.write", "payments.read", "events.stream"]
+token_sha256 = ["{hash_token("tok-market")}"]
+
+[[auth.callers]]
+name = "shop-feed"
+account = "shop"
+roles = ["events.stream"]
+token_sha256 = ["{hash_token("tok-shop-feed")}"]
+"""
+    server = trusted(client_ca=False, callers=_token_callers() + market)
+    stub = server.stub()
+    shops = stub.CreatePayment(create_request("acct-1"), metadata=bearer(WRITER))
+    written, theirs = server.written(), bearer("tok-market")
+    unknown = "00000000-0000-4000-8000-000000000000"
+
+    def refusals(payment_id: str) -> list[tuple[grpc.StatusCode, str, str]]:
+        calls = [
+            lambda: stub.GetPayment(pb.GetPaymentRequest(payment_id=payment_id), metadata=theirs),
+            lambda: stub.ListPaymentEvents(
+                pb.ListPaymentEventsRequest(payment_id=payment_id), metadata=theirs
+            ),
+            lambda: stub.CapturePayment(
+                pb.CapturePaymentRequest(idempotency_key="m-c", payment_id=payment_id),
+                metadata=theirs,
+            ),
+            lambda: stub.CancelPayment(
+                pb.CancelPaymentRequest(idempotency_key="m-x", payment_id=payment_id),
+                metadata=theirs,
+            ),
+            lambda: stub.RefundPayment(
+                pb.RefundPaymentRequest(idempotency_key="m-r", payment_id=payment_id),
+                metadata=theirs,
+            ),
+        ]
+        found = []
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as refused:
+                call()
+            code, reason = error_reason(refused.value)
+            found.append((code, reason, refused.value.details().replace(payment_id, "<id>")))
+        return found
+
+    answers = refusals(shops.payment_id)
+    assert {code for code, _, _ in answers} == {grpc.StatusCode.NOT_FOUND}
+    assert answers == refusals(unknown)  # no existence leak
+    assert (server.written(), server.authorizations()) == (written, 1)
+
+    markets = stub.CreatePayment(create_request("acct-1"), metadata=theirs)  # same key
+    assert markets.payment_id != shops.payment_id
+    assert server.authorizations() == 2
+
+    def streamed(token: str) -> set[str]:
+        events = stub.StreamEvents(pb.StreamEventsRequest(), metadata=bearer(token))
+        return {e.payment_id for e in events}
+
+    assert streamed("tok-market") == {markets.payment_id}
+    assert streamed("tok-shop-feed") == {shops.payment_id}
