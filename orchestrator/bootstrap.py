@@ -17,6 +17,7 @@ from adapters.sandbox import SandboxAdapter
 from adapters.sandbox import from_config as sandbox_from_config
 from orchestrator.api.server import DEFAULT_WORKERS
 from orchestrator.application import DEFAULT_RECOVERY_SCHEDULE, Payments
+from orchestrator.encryption import KeyedAESCipher
 from orchestrator.ports import PaymentProvider, WebhookVerifier
 from orchestrator.resilience.breaker import BreakerPolicy, CircuitBreaker
 from orchestrator.resilience.provider import CallPolicy, ResilientProvider, Stats
@@ -245,8 +246,16 @@ def build_payments(
     store = parse_database_url(database_url)
     log.info("event store: %s", store.display)
     with schema_lock(store):
-        return Payments(
+        app = Payments(
             env=store.env,
             router=router,
             recovery_schedule=recovery_schedule or DEFAULT_RECOVERY_SCHEDULE,
         )
+    cipher = app.mapper.cipher
+    if isinstance(cipher, KeyedAESCipher) and cipher.ring.current is not None:
+        log.info(
+            "event state encrypted with key id %s (%d key(s) held)",
+            cipher.ring.current,
+            len(cipher.ring.keys),
+        )
+    return app

@@ -30,6 +30,7 @@ from orchestrator.bootstrap import (
     webhook_verifiers,
 )
 from orchestrator.domain.errors import InvalidArgument, PaymentNotFound
+from orchestrator.encryption import KEYS_VARIABLE, MissingEncryptionKey, encryption_configured
 from orchestrator.recovery import RecoveryWorker
 from orchestrator.routing import Router
 from orchestrator.secrets import Secret
@@ -165,6 +166,9 @@ def run_audit(args: argparse.Namespace) -> int:
         if args.audit_command == "reconcile":
             return _reconcile(app, args.provider, args.statement)
         return _show(app, args.payment_id)
+    except MissingEncryptionKey as e:
+        print(f"payorch audit {args.audit_command}: {e}", file=sys.stderr)
+        return 2
     finally:
         app.close()
 
@@ -245,12 +249,7 @@ def serve_forever(settings: Settings) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    if not chain_key():
-        log.warning(
-            "%s is not set: the event log's chain is unkeyed, so it detects edits but not "
-            "someone who rewrites the whole chain",
-            KEY_VARIABLE,
-        )
+    _warn_of_missing_keys()
     sandbox = None
     sandbox_url = settings.sandbox_url
     webhook_secret = sandbox_webhook_secret_from_env()
@@ -308,6 +307,22 @@ def serve_forever(settings: Settings) -> int:
         sandbox.stop()
     log.info("stopped")
     return 0
+
+
+def _warn_of_missing_keys() -> None:
+    """Once at start-up: what an operator must know before trusting the store."""
+    if not chain_key():
+        log.warning(
+            "%s is not set: the event log's chain is unkeyed, so it detects edits but not "
+            "someone who rewrites the whole chain",
+            KEY_VARIABLE,
+        )
+    if not encryption_configured():
+        log.warning(
+            "%s is not set: event state (webhook bodies with customers' personal data, "
+            "metadata) is stored unencrypted",
+            KEYS_VARIABLE,
+        )
 
 
 def _ready(app: Payments, server: PaymentServer) -> bool:
