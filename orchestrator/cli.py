@@ -30,7 +30,7 @@ from orchestrator.bootstrap import (
     webhook_verifiers,
 )
 from orchestrator.domain.errors import InvalidArgument, PaymentNotFound
-from orchestrator.encryption import KEYS_VARIABLE, MissingEncryptionKey, encryption_configured
+from orchestrator.encryption import KEYS_VARIABLE, encryption_configured, missing_key
 from orchestrator.recovery import RecoveryWorker
 from orchestrator.routing import Router
 from orchestrator.secrets import Secret
@@ -166,8 +166,10 @@ def run_audit(args: argparse.Namespace) -> int:
         if args.audit_command == "reconcile":
             return _reconcile(app, args.provider, args.statement)
         return _show(app, args.payment_id)
-    except MissingEncryptionKey as e:
-        print(f"payorch audit {args.audit_command}: {e}", file=sys.stderr)
+    except Exception as e:
+        if (missing := missing_key(e)) is None:
+            raise
+        print(f"payorch audit {args.audit_command}: {missing}", file=sys.stderr)
         return 2
     finally:
         app.close()

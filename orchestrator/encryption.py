@@ -174,6 +174,17 @@ def _lookup(environment: Environment | None) -> dict[str, str]:
     return found
 
 
+def missing_key(error: BaseException) -> MissingEncryptionKey | None:
+    """The missing key behind an error, if that is what it is: eventsourcing's mapper wraps
+    whatever the cipher raises in its own deserialisation error."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, MissingEncryptionKey):
+            return seen
+        seen = seen.__cause__
+    return None
+
+
 def encryption_configured(environ: Mapping[str, str] | None = None) -> bool:
     env = os.environ if environ is None else environ
     return bool(env.get(KEYS_FILE_VARIABLE) or env.get(KEYS_VARIABLE, "").strip())
