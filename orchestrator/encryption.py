@@ -27,7 +27,7 @@ import base64
 import binascii
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -127,13 +127,16 @@ class KeyedAESCipher(Cipher):
         # The application's environment holds os.environ and its constructor's env, so a
         # test or the simulator can give keys to one application without touching the process.
         self.ring = KeyRing.from_env(_lookup(environment))
+        # Nonces: random, never repeated under one key. Replaceable so that the simulator's
+        # stored bytes (and so its log digest) are a function of its seed.
+        self.random_bytes: Callable[[int], bytes] = os.urandom
 
     def encrypt(self, plaintext: bytes) -> bytes:
         current = self.ring.current
         if current is None:
             return plaintext
         header = MAGIC + bytes([len(current)]) + current.encode("ascii")
-        nonce = os.urandom(NONCE_SIZE)
+        nonce = self.random_bytes(NONCE_SIZE)
         return header + nonce + self.ring.keys[current].encrypt(nonce, plaintext, header)
 
     def decrypt(self, ciphertext: bytes) -> bytes:
