@@ -321,8 +321,7 @@ def _warn_of_missing_keys() -> None:
         )
     if not encryption_configured():
         log.warning(
-            "%s is not set: event state (webhook bodies with customers' personal data, "
-            "metadata) is stored unencrypted",
+            "%s is not set: event state, customers' personal data included, is stored unencrypted",
             KEYS_VARIABLE,
         )
 
