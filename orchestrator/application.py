@@ -54,6 +54,7 @@ from orchestrator.domain.payment import (
     RecoveryCause,
 )
 from orchestrator.domain.reference import ProviderReference, reference_id
+from orchestrator.encryption import CIPHER_TOPIC
 from orchestrator.ports import (
     OperationKind,
     OutcomeStatus,
@@ -109,6 +110,9 @@ class Payments(Application[UUID]):
         "AGGREGATE_CACHE_FASTFORWARD": "y",
         "AGGREGATE_CACHE_FASTFORWARD_SKIPPING": "n",
         "DEEPCOPY_FROM_AGGREGATE_CACHE": "y",
+        # Event state sealed with AES-GCM under PAYORCH_ENCRYPTION_KEYS' current key, opened
+        # with whichever key sealed it; in clear without keys (see orchestrator.encryption).
+        "CIPHER_TOPIC": CIPHER_TOPIC,
     }
 
     def __init__(

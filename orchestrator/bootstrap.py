@@ -19,6 +19,7 @@ from orchestrator.accounts import DEFAULT_ACCOUNT
 from orchestrator.api.server import DEFAULT_WORKERS
 from orchestrator.api.trust import AuthSettings, TlsSettings, read_trust
 from orchestrator.application import DEFAULT_RECOVERY_SCHEDULE, Payments
+from orchestrator.encryption import KeyedAESCipher
 from orchestrator.ports import PaymentProvider, WebhookVerifier
 from orchestrator.resilience.breaker import BreakerPolicy, CircuitBreaker
 from orchestrator.resilience.provider import CallPolicy, ResilientProvider, Stats
@@ -259,9 +260,17 @@ def build_payments(
     store = parse_database_url(database_url)
     log.info("event store: %s", store.display)
     with schema_lock(store):
-        return Payments(
+        app = Payments(
             env=store.env,
             router=router,
             recovery_schedule=recovery_schedule or DEFAULT_RECOVERY_SCHEDULE,
             default_account=default_account,
         )
+    cipher = app.mapper.cipher
+    if isinstance(cipher, KeyedAESCipher) and cipher.ring.current is not None:
+        log.info(
+            "event state encrypted with key id %s (%d key(s) held)",
+            cipher.ring.current,
+            len(cipher.ring.keys),
+        )
+    return app

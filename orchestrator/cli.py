@@ -33,6 +33,7 @@ from orchestrator.bootstrap import (
     webhook_verifiers,
 )
 from orchestrator.domain.errors import InvalidArgument, PaymentNotFound
+from orchestrator.encryption import KEYS_VARIABLE, encryption_configured, missing_key
 from orchestrator.recovery import RecoveryWorker
 from orchestrator.routing import Router
 from orchestrator.secrets import Secret
@@ -191,6 +192,11 @@ def run_audit(args: argparse.Namespace) -> int:
         if args.audit_command == "reconcile":
             return _reconcile(app, args.provider, args.statement)
         return _show(app, args.payment_id)
+    except Exception as e:
+        if (missing := missing_key(e)) is None:
+            raise
+        print(f"payorch audit {args.audit_command}: {missing}", file=sys.stderr)
+        return 2
     finally:
         app.close()
 
@@ -271,12 +277,7 @@ def serve_forever(settings: Settings) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    if not chain_key():
-        log.warning(
-            "%s is not set: the event log's chain is unkeyed, so it detects edits but not "
-            "someone who rewrites the whole chain",
-            KEY_VARIABLE,
-        )
+    _warn_of_missing_keys()
     sandbox = None
     sandbox_url = settings.sandbox_url
     webhook_secret = sandbox_webhook_secret_from_env()
@@ -365,6 +366,21 @@ def check_listen(settings: Settings, config: Configuration) -> Configuration:
         f"{problem}: configure [grpc.tls] and [auth] (README: Callers and trust), listen on "
         "127.0.0.1, or pass --insecure"
     )
+
+
+def _warn_of_missing_keys() -> None:
+    """Once at start-up: what an operator must know before trusting the store."""
+    if not chain_key():
+        log.warning(
+            "%s is not set: the event log's chain is unkeyed, so it detects edits but not "
+            "someone who rewrites the whole chain",
+            KEY_VARIABLE,
+        )
+    if not encryption_configured():
+        log.warning(
+            "%s is not set: event state, customers' personal data included, is stored unencrypted",
+            KEYS_VARIABLE,
+        )
 
 
 def _ready(app: Payments, server: PaymentServer) -> bool:

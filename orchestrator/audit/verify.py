@@ -24,6 +24,7 @@ from eventsourcing.utils import get_topic
 
 from orchestrator.audit.chain import GENESIS, ChainedRecorder, content_digest, link_hash
 from orchestrator.domain.payment import TERMINAL, Payment, Status
+from orchestrator.encryption import missing_key
 
 # What may move a payment out of a terminal state: the provider undoing the movement that made
 # it terminal (a refund that failed after all, a dispute opened on or decided for a payment).
@@ -215,6 +216,8 @@ def _replay(
         try:
             event: Any = decode(stored)
         except Exception as e:  # a tampered state can fail in any way the decoder fails
+            if (missing := missing_key(e)) is not None:
+                raise missing from None  # not a finding: verify cannot read it without the key
             report.add("unreadable", what, f"the event cannot be decoded: {e}")
             return
         before = None if payment is None else payment.status

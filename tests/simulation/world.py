@@ -9,6 +9,8 @@ the resilient layer (breaker, retries, timeouts), routing, ``RecoveryWorker``,
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +32,7 @@ from orchestrator.domain.errors import (
     RequestInProgress,
 )
 from orchestrator.domain.payment import Payment, Status
+from orchestrator.encryption import KeyedAESCipher
 from orchestrator.recovery import RecoveryWorker
 from orchestrator.resilience.provider import Stats
 from orchestrator.resilience.retry import full_jitter
@@ -49,6 +52,11 @@ SCHEDULE = (1.0, 2.0, 4.0)  # recovery lookups, seconds apart
 LOAD_SECONDS = 20.0  # callers start within this; faults and crashes end at its end
 SETTLE_SECONDS = 40.0  # then: recovery, webhooks and breakers have this long to settle
 CALLER_DEADLINE = 2.5  # each call's gRPC deadline, as ``answer_by``
+# Two encryption keys (id:base64), fixed: made up for the simulation, they protect nothing.
+SIMULATION_KEYS = tuple(
+    f"{name}:{base64.b64encode(hashlib.sha256(name.encode()).digest()).decode()}"
+    for name in ("sim-old", "sim-new")
+)
 
 
 @dataclass(frozen=True)
@@ -161,12 +169,22 @@ class Replica:
                 return store
 
         owners = world.rng
+        # Event state is encrypted, mid-rotation: every other replica (and restart) seals
+        # with the new key, the others still with the old one, each holding both; so every
+        # read of every seed opens states sealed by either key. Nonces come from a generator
+        # of their own, so the world's draws (and the pinned seeds' witnesses) stay as they were.
+        replica_number = len(world.apps)
+        keys = SIMULATION_KEYS if replica_number % 2 else SIMULATION_KEYS[::-1]
 
         self.app = SimulatedPayments(
             # Without eventsourcing's aggregate cache: its fast-forward holds a threading.Lock
             # per aggregate across a store read, where the scheduler switches greenlets, and a
             # second greenlet reading that aggregate would block the one thread they share.
-            {"PERSISTENCE_MODULE": "eventsourcing.popo", "AGGREGATE_CACHE_MAXSIZE": ""},
+            {
+                "PERSISTENCE_MODULE": "eventsourcing.popo",
+                "AGGREGATE_CACHE_MAXSIZE": "",
+                "PAYORCH_ENCRYPTION_KEYS": ",".join(keys),
+            },
             router=router,
             clock=sched.datetime,
             sleep=sched.sleep,
@@ -175,6 +193,9 @@ class Replica:
             recovery_schedule=SCHEDULE,
         )
         world.apps.append(self.app)
+        cipher = self.app.mapper.cipher
+        assert isinstance(cipher, KeyedAESCipher)
+        cipher.random_bytes = random.Random(f"{world.seed}.nonces.{replica_number}").randbytes
         self.intake = WebhookIntake(self.app, webhook_verifiers(router), clock=sched.wall)
         self.recovery = RecoveryWorker(self.app, interval=0.5)
         self.consumer = WebhookProcessor(self.app, interval=0.5)
