@@ -320,9 +320,8 @@ def serve_forever(settings: Settings) -> int:
     warn_of_webhooks_without_secret(config)
     server.start()
     http.start()
-    host = settings.grpc_listen.rsplit(":", 1)[0]
     http_host = settings.http_listen.rsplit(":", 1)[0]
-    log.info("payorch gRPC listening on %s:%d", host, server.port)
+    _log_listening(settings, config, server)
     log.info("payorch HTTP listening on %s:%d (webhooks: %s)", http_host, http.port,
              ", ".join(f"/webhooks/{k}" for k in sorted(intake.verifiers)) or "none")  # fmt: skip
     if sandbox is not None and webhook_secret is not None:
@@ -366,6 +365,13 @@ def check_listen(settings: Settings, config: Configuration) -> Configuration:
         f"{problem}: configure [grpc.tls] and [auth] (README: Callers and trust), listen on "
         "127.0.0.1, or pass --insecure"
     )
+
+
+def _log_listening(settings: Settings, config: Configuration, server: PaymentServer) -> None:
+    log.info("payorch gRPC listening on %s:%d", settings.grpc_listen.rsplit(":", 1)[0], server.port)
+    if server.token_port is not None and config.tls is not None and config.tls.token_listen:
+        host = config.tls.token_listen.rpartition(":")[0]
+        log.info("payorch gRPC for token callers listening on %s:%d", host, server.token_port)
 
 
 def _warn_of_missing_keys() -> None:

@@ -26,8 +26,15 @@ DEFAULT_WORKERS = 16
 class PaymentServer:
     """The gRPC server with the payments service, health and reflection."""
 
-    def __init__(self, server: grpc.Server, port: int, health: health.HealthServicer) -> None:
+    def __init__(
+        self,
+        server: grpc.Server,
+        port: int,
+        health: health.HealthServicer,
+        token_port: int | None = None,
+    ) -> None:
         self.server, self.port, self.health = server, port, health
+        self.token_port = token_port  # [grpc.tls] token_listen's, if configured
         self.started = False
 
     def start(self) -> None:
@@ -74,7 +81,12 @@ def create_server(
         port = server.add_secure_port(address, server_credentials(tls))
     if port == 0:
         raise OSError(f"could not listen on {address}")
-    return PaymentServer(server, port, health_servicer)
+    token_port = None
+    if tls is not None and tls.token_listen is not None:
+        token_port = server.add_secure_port(tls.token_listen, token_credentials(tls))
+        if token_port == 0:
+            raise OSError(f"could not listen on {tls.token_listen}")
+    return PaymentServer(server, port, health_servicer, token_port)
 
 
 def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
@@ -85,3 +97,9 @@ def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
         root_certificates=tls.client_ca,
         require_client_auth=tls.client_ca is not None,
     )
+
+
+def token_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
+    """``token_listen``'s: the server's certificate, no client certificate asked for; the
+    interceptor then accepts only bearer tokens there, as no certificate names anyone."""
+    return grpc.ssl_server_credentials([(tls.private_key, tls.certificate_chain)])

@@ -36,6 +36,9 @@ class TlsSettings:
     certificate_chain: bytes = field(repr=False)
     private_key: bytes = field(repr=False)
     client_ca: bytes | None = field(default=None, repr=False)  # None: no client certificates
+    # With a client CA, a second address serving TLS without client certificates, where
+    # callers prove who they are by bearer token (grpcio cannot make a certificate optional).
+    token_listen: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,14 @@ def read_trust(
     _only(grpc_table, {"tls"}, "[grpc]")
     tls = _tls(_table(grpc_table["tls"], "[grpc.tls]"), base) if "tls" in grpc_table else None
     auth = _auth(_table(config["auth"], "[auth]")) if "auth" in config else None
+    if tls is not None and tls.token_listen is not None:
+        if tls.client_ca is None:
+            raise TrustConfigError(
+                "[grpc.tls] token_listen is for token callers beside certificate callers: "
+                "without client_ca_file, token callers use the main address"
+            )
+        if auth is None or not auth.has_tokens:
+            raise TrustConfigError("[grpc.tls] token_listen needs [auth] callers with tokens")
     if auth is not None:
         certified = [s.caller.name for s in auth.callers if s.identities]
         if certified and (tls is None or tls.client_ca is None):
@@ -90,15 +101,18 @@ def read_trust(
 
 
 def _tls(table: Mapping[str, Any], base: Path) -> TlsSettings:
-    _only(table, {"cert_file", "key_file", "client_ca_file"}, "[grpc.tls]")
+    _only(table, {"cert_file", "key_file", "client_ca_file", "token_listen"}, "[grpc.tls]")
     for required in ("cert_file", "key_file"):
         if required not in table:
             raise TrustConfigError(f"[grpc.tls] needs {required}")
-    ca = table.get("client_ca_file")
+    ca, token_listen = table.get("client_ca_file"), table.get("token_listen")
+    if token_listen is not None and (not isinstance(token_listen, str) or ":" not in token_listen):
+        raise TrustConfigError("[grpc.tls] token_listen must be an address, host:port")
     return TlsSettings(
         certificate_chain=_pem(base, table["cert_file"], "cert_file"),
         private_key=_pem(base, table["key_file"], "key_file"),
         client_ca=_pem(base, ca, "client_ca_file") if ca is not None else None,
+        token_listen=token_listen,
     )
 
 

@@ -40,14 +40,18 @@ class Trusted:
     channels: list[grpc.Channel] = field(default_factory=list)
 
     def stub(
-        self, *, certificate: Issued | None = None, trust: bytes | None = None
+        self,
+        *,
+        certificate: Issued | None = None,
+        trust: bytes | None = None,
+        port: int | None = None,
     ) -> payments_pb2_grpc.PaymentOrchestratorStub:
         credentials = grpc.ssl_channel_credentials(
             trust or self.ca.pem,
             certificate.key_pem if certificate else None,
             certificate.cert_pem if certificate else None,
         )
-        channel = grpc.secure_channel(f"localhost:{self.server.port}", credentials)
+        channel = grpc.secure_channel(f"localhost:{port or self.server.port}", credentials)
         self.channels.append(channel)
         return payments_pb2_grpc.PaymentOrchestratorStub(channel)
 
@@ -115,11 +119,18 @@ class TrustedFactory:
         self.running: list[Trusted] = []
 
     def __call__(
-        self, *, client_ca: bool = True, callers: str = CALLERS, auth: str = ""
+        self,
+        *,
+        client_ca: bool = True,
+        callers: str = CALLERS,
+        auth: str = "",
+        token_listen: bool = False,
     ) -> Trusted:
         tls = '[grpc.tls]\ncert_file = "server.pem"\nkey_file = "server.key"\n'
         if client_ca:
             tls += 'client_ca_file = "callers-ca.pem"\n'
+        if token_listen:
+            tls += 'token_listen = "127.0.0.1:0"\n'
         toml = (
             f'[providers.sandbox]\ntype = "sandbox"\nbase_url = "{self.sandbox.url}"\n'
             f'[routes]\n"*" = ["sandbox"]\n{tls}[auth]\n{auth}\n{callers}'
@@ -477,3 +488,31 @@ token_sha256 = ["{hash_token("tok-shop-feed")}"]
 
     assert streamed("tok-market") == {markets.payment_id}
     assert streamed("tok-shop-feed") == {shops.payment_id}
+
+
+def test_token_callers_without_a_certificate_use_the_token_listener_beside_mutual_tls(
+    trusted: TrustedFactory,
+) -> None:
+    """grpcio cannot make a client certificate optional: with a client CA, callers without
+    one connect to [grpc.tls] token_listen (TLS, no client certificate), where only a bearer
+    token names a caller."""
+    server = trusted(token_listen=True)
+    token_port = server.server.token_port
+    assert token_port not in (None, 0, server.server.port)
+    by_token = server.stub(port=token_port)
+    payment = by_token.CreatePayment(create_request("tl-1"), metadata=bearer(WRITER))
+    assert payment.status == pb.PAYMENT_STATUS_AUTHORIZED
+    checkout = server.ca.issue("whatever", uris=("spiffe://shop/checkout",))
+    assert server.stub(certificate=checkout).GetPayment(
+        pb.GetPaymentRequest(payment_id=payment.payment_id)
+    ) == by_token.GetPayment(
+        pb.GetPaymentRequest(payment_id=payment.payment_id), metadata=bearer(WRITER)
+    )
+    written = server.written()
+    with pytest.raises(grpc.RpcError) as refused:  # no token: no certificate names anyone here
+        by_token.CreatePayment(create_request("tl-2"))
+    assert error_reason(refused.value) == (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
+    with pytest.raises(grpc.RpcError) as refused:  # the main address still wants a certificate
+        server.stub().CreatePayment(create_request("tl-3"), metadata=bearer(WRITER), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert (server.written(), server.authorizations()) == (written, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -149,3 +150,27 @@ def test_off_loopback_needs_both_tls_and_caller_auth() -> None:
     assert problem is not None and "TLS ([grpc.tls])" in problem and "[auth]" not in problem
     problem = exposure("0.0.0.0:50051", None, None)
     assert problem is not None and "TLS ([grpc.tls]) and caller authentication" in problem
+
+
+@pytest.mark.parametrize(
+    ("tls", "auth", "message"),
+    [
+        ('token_listen = "127.0.0.1:0"\n', with_caller(), "without client_ca_file"),
+        (
+            'client_ca_file = "ca.pem"\ntoken_listen = "127.0.0.1:0"\n',
+            "",
+            "needs [auth] callers with tokens",
+        ),
+        ('client_ca_file = "ca.pem"\ntoken_listen = 50052\n', with_caller(), "host:port"),
+    ],
+)
+def test_a_token_listener_needs_a_client_ca_beside_it_and_token_callers(
+    tmp_path: Path, tls: str, auth: str, message: str
+) -> None:
+    for name in ("c.pem", "k.pem", "ca.pem"):
+        (tmp_path / name).write_bytes(
+            b"-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n"
+        )
+    toml = f'[grpc.tls]\ncert_file = "c.pem"\nkey_file = "k.pem"\n{tls}{auth}'
+    with pytest.raises(TrustConfigError, match=re.escape(message)):
+        read(toml, tmp_path)
