@@ -199,7 +199,8 @@ class Payments(Application[UUID]):
         available = [r for r in routes if r.available()]
         if not available:
             raise NoProviderAvailable(
-                f"every provider for region {cmd.region} is unavailable (circuit open)",
+                f"every provider for region {cmd.region} is unavailable "
+                "(circuit open, or over its outbound limits)",
                 region=cmd.region,
                 retry_after=min(r.retry_after() for r in routes),
             )
