@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -61,6 +62,7 @@ from orchestrator.ports import (
     ProviderOutcome,
     ProviderOutcomeUnknown,
 )
+from orchestrator.resilience.bulkhead import ProviderBusy
 from orchestrator.resilience.provider import Stats
 from orchestrator.results import DEFAULT_SIZE, KnownResult, ResultCache
 from orchestrator.routing import Route, Router
@@ -204,30 +206,50 @@ class Payments(Application[UUID]):
                 region=cmd.region,
                 retry_after=min(r.retry_after() for r in routes),
             )
-        route, fallbacks = available[0], available[1:]
-        cause = Cause(scope, cmd.idempotency_key)
-        payment = Payment(
-            id=payment_id_for(cid),
-            amount=cmd.amount,
-            currency=cmd.currency,
-            payment_method=cmd.payment_method,
-            region=cmd.region,
-            capture_mode=cmd.capture_mode,
-            reference=cmd.reference,
-            metadata=cmd.metadata,
-            scope=scope,
-            idempotency_key=cmd.idempotency_key,
-            caused_by=cause.as_data(),
+        with ExitStack() as held:
+            route = self._admit(available, held, region=cmd.region)
+            fallbacks = available[available.index(route) + 1 :]
+            cause = Cause(scope, cmd.idempotency_key)
+            payment = Payment(
+                id=payment_id_for(cid),
+                amount=cmd.amount,
+                currency=cmd.currency,
+                payment_method=cmd.payment_method,
+                region=cmd.region,
+                capture_mode=cmd.capture_mode,
+                reference=cmd.reference,
+                metadata=cmd.metadata,
+                scope=scope,
+                idempotency_key=cmd.idempotency_key,
+                caused_by=cause.as_data(),
+            )
+            op = payment.start_authorization(
+                provider=route.provider.name, deadline=self._deadline(route), cause=cause
+            )
+            record = self._command_record(cid, cmd, scope, payment.id, op)
+            try:
+                self.save(payment, record)
+            except IntegrityError:
+                held.close()  # a duplicate waits for the first without holding its slot
+                return self._replay_after_conflict(cid, cmd, record, answer_by)
+            return self._perform(payment, record, op, answer_by, fallbacks)
+
+    @staticmethod
+    def _admit(routes: Sequence[Route], held: ExitStack, *, region: str) -> Route:
+        """The first route whose bulkhead admits a call now, its slot (and first token)
+        taken before any intent is written and held until ``held`` closes; if none does,
+        ``NoProviderAvailable``, with nothing written (see ``resilience/bulkhead.py``)."""
+        for route in routes:
+            try:
+                held.enter_context(route.admitted())
+            except ProviderBusy:
+                continue
+            return route
+        raise NoProviderAvailable(
+            f"every provider for region {region} is over its outbound limits",
+            region=region,
+            retry_after=min(r.retry_after() for r in routes),
         )
-        op = payment.start_authorization(
-            provider=route.provider.name, deadline=self._deadline(route), cause=cause
-        )
-        record = self._command_record(cid, cmd, scope, payment.id, op)
-        try:
-            self.save(payment, record)
-        except IntegrityError:
-            return self._replay_after_conflict(cid, cmd, record, answer_by)
-        return self._perform(payment, record, op, answer_by, fallbacks)
 
     def capture_payment(
         self, request: CapturePayment, *, scope: str, answer_by: float | None = None
@@ -290,13 +312,17 @@ class Payments(Application[UUID]):
                     return replayed
                 raise
             record = self._command_record(cid, cmd, scope, payment.id, op)
-            try:
-                self.save(payment, record)
-            except IntegrityError:
-                if self.find_command(cid) is not None:
-                    return self._replay_after_conflict(cid, cmd, record, answer_by)
-                continue  # another command moved the payment on: read it again and re-check
-            return self._perform(payment, record, op, answer_by)
+            with ExitStack() as held:
+                route = self.router.route(payment.provider)
+                self._admit([route], held, region=payment.region)
+                try:
+                    self.save(payment, record)
+                except IntegrityError:
+                    if self.find_command(cid) is not None:
+                        held.close()  # a duplicate waits for the first without its slot
+                        return self._replay_after_conflict(cid, cmd, record, answer_by)
+                    continue  # another command moved the payment on: read it again, re-check
+                return self._perform(payment, record, op, answer_by)
         raise ConcurrentModification("the payment kept changing; retry with the same key")
 
     def _command_record(

@@ -5,6 +5,7 @@ payment always returns to the provider that authorized it."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from orchestrator.ports import PaymentProvider
@@ -29,6 +30,11 @@ class Route:
         return (self.breaker is None or self.breaker.allows()) and (
             self.bulkhead is None or self.bulkhead.allows()
         )
+
+    def admitted(self) -> AbstractContextManager[None]:
+        """Holds a slot of the bulkhead (and its first token) for the call made inside the
+        block; ``ProviderBusy`` when over its limits. See ``resilience/bulkhead.py``."""
+        return nullcontext() if self.bulkhead is None else self.bulkhead.admitted()
 
     def retry_after(self) -> float:
         """Seconds until a call would be let through, as far as anyone can tell."""

@@ -15,6 +15,13 @@ Where it sits in the composition (``ResilientProvider``):
   like a retry refused by an open breaker; if an earlier attempt may have moved money, the
   call stays in doubt (the retry loop never reports "not reached" after an unknown outcome).
 
+**A command takes its slot before it records its intent** (``admitted``): the slot, and the
+first attempt's token, are taken while nothing is written yet, so a provider over its limit
+refuses the command with nothing written (routing tries the next provider, or the caller is
+told to retry) instead of failing a payment whose intent is already on record. The call made
+inside that block uses what it holds (its context, a thread or a greenlet, says so) rather
+than taking a second slot.
+
 The token bucket holds one second's worth of tokens (at least one) and refills at
 ``max_calls_per_second``; the clock is a parameter, so every decision is tested without sleeping.
 """
@@ -24,7 +31,9 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from orchestrator.ports import ProviderNotReached
@@ -78,6 +87,11 @@ class BulkheadPolicy:
         return max(1.0, math.floor(self.max_calls_per_second or 1.0))
 
 
+@dataclass
+class _Admission:
+    token: bool  # the first attempt's token, taken in advance and not yet spent
+
+
 class Bulkhead:
     """Thread-safe; its lock is held only to count, never across a call."""
 
@@ -95,11 +109,43 @@ class Bulkhead:
         self._in_flight = 0
         self._tokens = self.policy.capacity
         self._refilled_at = clock()
+        self._held: ContextVar[_Admission | None] = ContextVar(f"bulkhead:{name}", default=None)
 
     @property
     def in_flight(self) -> int:
         with self._lock:
             return self._in_flight
+
+    # --- a command's admission, taken before its intent is written -------------------
+
+    @contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Takes a slot and one token now, for the call the block will make, or raises
+        ``ProviderBusy`` (before anything is written or sent). Nested: the outer one holds."""
+        if self._held.get() is not None:
+            yield
+            return
+        self.enter()
+        try:
+            self.take_token()
+        except ProviderBusy:
+            self.leave()
+            raise
+        reset = self._held.set(_Admission(token=True))
+        try:
+            yield
+        finally:
+            self._held.reset(reset)
+            self.leave()
+
+    def take_slot(self) -> bool:
+        """A slot for one call: ``False`` when this context's admission holds one already
+        (nothing to give back), ``True`` when a new one was taken (``leave`` it after the
+        call); ``ProviderBusy`` when none is free."""
+        if self._held.get() is not None:
+            return False
+        self.enter()
+        return True
 
     # --- concurrency: one slot per call ----------------------------------------------
 
@@ -127,6 +173,10 @@ class Bulkhead:
         the wait until the next token as ``retry_after``."""
         rate = self.policy.max_calls_per_second
         if rate is None:
+            return
+        held = self._held.get()
+        if held is not None and held.token:
+            held.token = False  # taken when the command was admitted
             return
         with self._lock:
             self._refill(rate)

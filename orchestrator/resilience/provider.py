@@ -128,14 +128,15 @@ class ResilientProvider:
         """The bulkhead's slot, held for the whole call: retries, their waits, and a lookup
         made instead of a re-send (which takes no second slot)."""
         try:
-            self.bulkhead.enter()
+            taken = self.bulkhead.take_slot()
         except ProviderBusy:
             self.stats.add("bulkhead_rejected")
             raise
         try:
             yield
         finally:
-            self.bulkhead.leave()
+            if taken:
+                self.bulkhead.leave()
 
     def _lookup(self, operation: ProviderOperation, timeout: float) -> ProviderOutcome | None:
         started = self._clock()

@@ -5,6 +5,7 @@ open circuit, and say nothing about the provider's health."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Callable
 
 import pytest
@@ -268,3 +269,37 @@ def test_a_route_over_its_limit_is_unavailable_like_one_whose_circuit_is_open() 
     limits.enter()
     assert not route.available()
     assert route.retry_after() == BUSY_RETRY_AFTER
+
+
+# --- admission: the slot and the first token, taken before the intent is written -----------
+
+
+def test_an_admitted_call_uses_the_slot_and_the_token_its_command_took() -> None:
+    fake = FakeTime()
+    inner = ScriptedProvider(OK, OK)
+    limits = bulkhead(fake, concurrent=1, rate=1)
+    provider = resilient(inner, fake, limits)
+    with limits.admitted():
+        assert limits.in_flight == 1 and not limits.allows()
+        assert provider.authorize(OP, timeout=10) is OK  # no second slot, no second token
+    assert limits.in_flight == 0
+    with pytest.raises(ProviderBusy, match="rate"):  # the token was spent all the same
+        provider.authorize(OP, timeout=10)
+    assert len(inner.sent) == 1
+
+
+def test_an_admission_over_either_limit_takes_nothing() -> None:
+    fake = FakeTime()
+    limits = bulkhead(fake, concurrent=2, rate=1)
+
+    def another_caller() -> None:  # its own context, as another thread or greenlet has
+        with limits.admitted():
+            pass
+
+    with limits.admitted():
+        with limits.admitted():  # nested in the same context: the outer one holds
+            assert limits.in_flight == 1
+        with pytest.raises(ProviderBusy, match="rate"):
+            contextvars.Context().run(another_caller)
+        assert limits.in_flight == 1  # the refused admission gave its slot back
+    assert limits.in_flight == 0
