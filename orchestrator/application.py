@@ -355,6 +355,19 @@ class Payments(Application[UUID]):
         answer_by: float | None,
         fallbacks: Sequence[Route] = (),
     ) -> Payment:
+        with ExitStack() as held:  # the slots of the providers it fails over to
+            return self._attempts(payment, record, op, answer_by, fallbacks, held=held)
+
+    def _attempts(
+        self,
+        payment: Payment,
+        record: CommandRecord,
+        op: Operation,
+        answer_by: float | None,
+        fallbacks: Sequence[Route],
+        *,
+        held: ExitStack,
+    ) -> Payment:
         while True:
             route = self.router.route(op.provider)
             budget = (op.deadline - self.clock()).total_seconds()
@@ -365,8 +378,10 @@ class Payments(Application[UUID]):
                     raise ProviderNotReached("not attempted: no time was left for the call")
                 outcome = self._call(route, op.kind, self._provider_operation(payment, op), budget)
             except ProviderNotReached as e:
-                fallback = next((r for r in fallbacks if r.available()), None)
-                if fallback is None or op.kind is not Kind.AUTHORIZE:
+                fallback = None
+                if op.kind is Kind.AUTHORIZE:
+                    fallback = self._admit_fallback(fallbacks, held)
+                if fallback is None:
                     outcome = ProviderOutcome(OutcomeStatus.FAILED, message=e.message)
                 else:
                     # Certainly not charged: the next provider may try, with a new attempt.
@@ -384,6 +399,21 @@ class Payments(Application[UUID]):
                 return self._record_outcome(payment, record, op, None, message=e.message)
             log.debug("payment=%s op=%s -> %s", payment.id, op.sequence, outcome.status.value)
             return self._record_outcome(payment, record, op, outcome)
+
+    @staticmethod
+    def _admit_fallback(fallbacks: Sequence[Route], held: ExitStack) -> Route | None:
+        """The next provider that would let a call through and whose bulkhead admits it now
+        (its slot held by ``held``), or ``None``: a busy fallback is skipped before the
+        payment fails over to it, as a busy provider is before a new payment's intent."""
+        for route in fallbacks:
+            if not route.available():
+                continue
+            try:
+                held.enter_context(route.admitted())
+            except ProviderBusy:
+                continue
+            return route
+        return None
 
     def _fail_over(
         self, payment: Payment, record: CommandRecord, op: Operation, route: Route, why: str

@@ -107,6 +107,7 @@ class Bulkhead:
         self._clock = clock
         self._lock = threading.Lock()
         self._in_flight = 0
+        self.refused = 0  # calls refused, for logs, tests and the simulator
         self._tokens = self.policy.capacity
         self._refilled_at = clock()
         self._held: ContextVar[_Admission | None] = ContextVar(f"bulkhead:{name}", default=None)
@@ -154,6 +155,7 @@ class Bulkhead:
         limit = self.policy.max_concurrent_calls
         with self._lock:
             if limit is not None and self._in_flight >= limit:
+                self.refused += 1
                 raise ProviderBusy(
                     f"{self.name}: busy, {self._in_flight} calls in flight "
                     f"(max_concurrent_calls = {limit})",
@@ -181,6 +183,7 @@ class Bulkhead:
         with self._lock:
             self._refill(rate)
             if self._tokens < 1.0:
+                self.refused += 1
                 raise ProviderBusy(
                     f"{self.name}: over its rate limit (max_calls_per_second = {rate:g})",
                     retry_after=(1.0 - self._tokens) / rate,
