@@ -194,3 +194,27 @@ def test_a_slow_provider_over_its_limit_leaves_workers_for_the_others(
     finally:
         server.stop(grace=1)
         app.close()
+
+
+def test_a_follow_up_over_its_providers_limit_is_refused_with_nothing_written(
+    serve: ServerFactory, sandbox: SandboxServer
+) -> None:
+    running = serve(
+        provider("slow", sandbox.url, "max_concurrent_calls = 1") + '[routes]\nUS = ["slow"]\n'
+    )
+    payment = running.stub.CreatePayment(create_request("follow-up"), timeout=10)
+    faults(sandbox, latency_ms=SLOW_MS)
+    pending = running.stub.CreatePayment.future(create_request("holds-the-slot"), timeout=10)
+    wait_until(lambda: bulkhead_of(running, "slow").in_flight == 1)
+    before = settled_position(running)
+    capture = pb.CapturePaymentRequest(idempotency_key="capture-1", payment_id=payment.payment_id)
+    with pytest.raises(grpc.RpcError) as refused:
+        running.stub.CapturePayment(capture, timeout=10)
+    assert error_reason(refused.value) == (grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE")
+    assert retry_delay(refused.value) is not None
+    assert running.app.recorder.max_notification_id() == before  # no intent, no command
+    assert pending.result().status == pb.PAYMENT_STATUS_AUTHORIZED
+    faults(sandbox, latency_ms=0)
+    captured = running.stub.CapturePayment(capture, timeout=10)  # the same key, now admitted
+    assert captured.status == pb.PAYMENT_STATUS_CAPTURED
+    assert len(ledger(sandbox, "capture")) == 1
