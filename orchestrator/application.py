@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -63,6 +64,7 @@ from orchestrator.ports import (
     ProviderOutcome,
     ProviderOutcomeUnknown,
 )
+from orchestrator.resilience.bulkhead import ProviderBusy
 from orchestrator.resilience.provider import Stats
 from orchestrator.results import DEFAULT_SIZE, KnownResult, ResultCache
 from orchestrator.routing import Route, Router
@@ -245,35 +247,56 @@ class Payments(Application[UUID]):
         available = [r for r in routes if r.available()]
         if not available:
             raise NoProviderAvailable(
-                f"every provider for region {cmd.region} is unavailable (circuit open)",
+                f"every provider for region {cmd.region} is unavailable "
+                "(circuit open, or over its outbound limits)",
                 region=cmd.region,
                 retry_after=min(r.retry_after() for r in routes),
             )
-        route, fallbacks = available[0], available[1:]
-        cause = Cause(scope, cmd.idempotency_key)
-        payment = Payment(
-            id=payment_id_for(cid),
-            amount=cmd.amount,
-            currency=cmd.currency,
-            payment_method=cmd.payment_method,
-            region=cmd.region,
-            capture_mode=cmd.capture_mode,
-            reference=cmd.reference,
-            metadata=cmd.metadata,
-            scope=scope,
-            idempotency_key=cmd.idempotency_key,
-            caused_by=cause.as_data(),
-            account=self.default_account if account is None else account,
+        with ExitStack() as held:
+            route = self._admit(available, held, region=cmd.region)
+            fallbacks = available[available.index(route) + 1 :]
+            cause = Cause(scope, cmd.idempotency_key)
+            payment = Payment(
+                id=payment_id_for(cid),
+                amount=cmd.amount,
+                currency=cmd.currency,
+                payment_method=cmd.payment_method,
+                region=cmd.region,
+                capture_mode=cmd.capture_mode,
+                reference=cmd.reference,
+                metadata=cmd.metadata,
+                scope=scope,
+                idempotency_key=cmd.idempotency_key,
+                caused_by=cause.as_data(),
+                account=self.default_account if account is None else account,
+            )
+            op = payment.start_authorization(
+                provider=route.provider.name, deadline=self._deadline(route), cause=cause
+            )
+            record = self._command_record(cid, cmd, scope, payment.id, op)
+            try:
+                self.save(payment, record)
+            except IntegrityError:
+                held.close()  # a duplicate waits for the first without holding its slot
+                return self._replay_after_conflict(cid, cmd, record, answer_by, account)
+            return self._perform(payment, record, op, answer_by, fallbacks)
+
+    @staticmethod
+    def _admit(routes: Sequence[Route], held: ExitStack, *, region: str) -> Route:
+        """The first route whose bulkhead admits a call now, its slot (and first token)
+        taken before any intent is written and held until ``held`` closes; if none does,
+        ``NoProviderAvailable``, with nothing written (see ``resilience/bulkhead.py``)."""
+        for route in routes:
+            try:
+                held.enter_context(route.admitted())
+            except ProviderBusy:
+                continue
+            return route
+        raise NoProviderAvailable(
+            f"every provider for region {region} is over its outbound limits",
+            region=region,
+            retry_after=min(r.retry_after() for r in routes),
         )
-        op = payment.start_authorization(
-            provider=route.provider.name, deadline=self._deadline(route), cause=cause
-        )
-        record = self._command_record(cid, cmd, scope, payment.id, op)
-        try:
-            self.save(payment, record)
-        except IntegrityError:
-            return self._replay_after_conflict(cid, cmd, record, answer_by, account)
-        return self._perform(payment, record, op, answer_by, fallbacks)
 
     def capture_payment(
         self,
@@ -354,13 +377,17 @@ class Payments(Application[UUID]):
                     return replayed
                 raise
             record = self._command_record(cid, cmd, scope, payment.id, op)
-            try:
-                self.save(payment, record)
-            except IntegrityError:
-                if self.find_command(cid) is not None:
-                    return self._replay_after_conflict(cid, cmd, record, answer_by, account)
-                continue  # another command moved the payment on: read it again and re-check
-            return self._perform(payment, record, op, answer_by)
+            with ExitStack() as held:
+                route = self.router.route(payment.provider)
+                self._admit([route], held, region=payment.region)
+                try:
+                    self.save(payment, record)
+                except IntegrityError:
+                    if self.find_command(cid) is not None:
+                        held.close()  # a duplicate waits for the first without its slot
+                        return self._replay_after_conflict(cid, cmd, record, answer_by, account)
+                    continue  # another command moved the payment on: read it again, re-check
+                return self._perform(payment, record, op, answer_by)
         raise ConcurrentModification("the payment kept changing; retry with the same key")
 
     def _command_record(
@@ -393,6 +420,19 @@ class Payments(Application[UUID]):
         answer_by: float | None,
         fallbacks: Sequence[Route] = (),
     ) -> Payment:
+        with ExitStack() as held:  # the slots of the providers it fails over to
+            return self._attempts(payment, record, op, answer_by, fallbacks, held=held)
+
+    def _attempts(
+        self,
+        payment: Payment,
+        record: CommandRecord,
+        op: Operation,
+        answer_by: float | None,
+        fallbacks: Sequence[Route],
+        *,
+        held: ExitStack,
+    ) -> Payment:
         while True:
             route = self.router.route(op.provider)
             budget = (op.deadline - self.clock()).total_seconds()
@@ -403,8 +443,10 @@ class Payments(Application[UUID]):
                     raise ProviderNotReached("not attempted: no time was left for the call")
                 outcome = self._call(route, op.kind, self._provider_operation(payment, op), budget)
             except ProviderNotReached as e:
-                fallback = next((r for r in fallbacks if r.available()), None)
-                if fallback is None or op.kind is not Kind.AUTHORIZE:
+                fallback = None
+                if op.kind is Kind.AUTHORIZE:
+                    fallback = self._admit_fallback(fallbacks, held)
+                if fallback is None:
                     outcome = ProviderOutcome(OutcomeStatus.FAILED, message=e.message)
                 else:
                     # Certainly not charged: the next provider may try, with a new attempt.
@@ -422,6 +464,21 @@ class Payments(Application[UUID]):
                 return self._record_outcome(payment, record, op, None, message=e.message)
             log.debug("payment=%s op=%s -> %s", payment.id, op.sequence, outcome.status.value)
             return self._record_outcome(payment, record, op, outcome)
+
+    @staticmethod
+    def _admit_fallback(fallbacks: Sequence[Route], held: ExitStack) -> Route | None:
+        """The next provider that would let a call through and whose bulkhead admits it now
+        (its slot held by ``held``), or ``None``: a busy fallback is skipped before the
+        payment fails over to it, as a busy provider is before a new payment's intent."""
+        for route in fallbacks:
+            if not route.available():
+                continue
+            try:
+                held.enter_context(route.admitted())
+            except ProviderBusy:
+                continue
+            return route
+        return None
 
     def _fail_over(
         self, payment: Payment, record: CommandRecord, op: Operation, route: Route, why: str

@@ -22,6 +22,7 @@ from orchestrator.application import DEFAULT_RECOVERY_SCHEDULE, Payments
 from orchestrator.encryption import KeyedAESCipher
 from orchestrator.ports import PaymentProvider, WebhookVerifier
 from orchestrator.resilience.breaker import BreakerPolicy, CircuitBreaker
+from orchestrator.resilience.bulkhead import Bulkhead, BulkheadPolicy
 from orchestrator.resilience.provider import CallPolicy, ResilientProvider, Stats
 from orchestrator.resilience.retry import Jitter, RetryPolicy
 from orchestrator.routing import DEFAULT_ROUTE, Route, Router
@@ -197,10 +198,32 @@ def resilient_route(
         name, BreakerPolicy(**_numbers(spec.get("breaker", {}), BreakerPolicy, name)), clock=clock
     )
     policy = CallPolicy(attempt_timeout=float(spec.get("attempt_timeout", timeout)), retry=retry)
+    bulkhead = Bulkhead(name, bulkhead_policy(name, spec), clock=clock)
     provider = ResilientProvider(
-        adapter, breaker, policy, sleep=sleep, clock=clock, jitter=jitter, stats=stats
+        adapter,
+        breaker,
+        policy,
+        sleep=sleep,
+        clock=clock,
+        jitter=jitter,
+        stats=stats,
+        bulkhead=bulkhead,
     )
-    return Route(provider, timeout=timeout, breaker=breaker, kind=kind, adapter=adapter)
+    return Route(
+        provider, timeout=timeout, breaker=breaker, kind=kind, adapter=adapter, bulkhead=bulkhead
+    )
+
+
+def bulkhead_policy(name: str, spec: Mapping[str, Any]) -> BulkheadPolicy:
+    """A provider table's outbound limits: ``max_concurrent_calls`` (calls in flight at
+    once) and ``max_calls_per_second`` (attempts sent a second); each unlimited if absent."""
+    try:
+        return BulkheadPolicy(
+            max_concurrent_calls=spec.get("max_concurrent_calls"),
+            max_calls_per_second=spec.get("max_calls_per_second"),
+        )
+    except ValueError as e:
+        raise ValueError(f"provider {name!r}: {e}") from None
 
 
 def webhook_verifiers(router: Router) -> dict[str, list[NamedVerifier]]:

@@ -5,10 +5,12 @@ payment always returns to the provider that authorized it."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from orchestrator.ports import PaymentProvider
 from orchestrator.resilience.breaker import CircuitBreaker
+from orchestrator.resilience.bulkhead import Bulkhead
 
 DEFAULT_ROUTE = "*"
 
@@ -20,13 +22,26 @@ class Route:
     breaker: CircuitBreaker | None = None
     kind: str = ""  # the provider type: sandbox, stripe, razorpay, adyen
     adapter: object = None  # the bare adapter under the resilient layer (it verifies webhooks)
+    bulkhead: Bulkhead | None = None
 
     def available(self) -> bool:
-        """Whether a call would be let through now: an open circuit fails fast."""
-        return self.breaker is None or self.breaker.allows()
+        """Whether a call would be let through now: an open circuit and a full bulkhead (every
+        slot taken, or no token left this second) fail fast."""
+        return (self.breaker is None or self.breaker.allows()) and (
+            self.bulkhead is None or self.bulkhead.allows()
+        )
+
+    def admitted(self) -> AbstractContextManager[None]:
+        """Holds a slot of the bulkhead (and its first token) for the call made inside the
+        block; ``ProviderBusy`` when over its limits. See ``resilience/bulkhead.py``."""
+        return nullcontext() if self.bulkhead is None else self.bulkhead.admitted()
 
     def retry_after(self) -> float:
-        return 0.0 if self.breaker is None else self.breaker.retry_after()
+        """Seconds until a call would be let through, as far as anyone can tell."""
+        return max(
+            0.0 if self.breaker is None else self.breaker.retry_after(),
+            0.0 if self.bulkhead is None else self.bulkhead.retry_after(),
+        )
 
 
 class Router:

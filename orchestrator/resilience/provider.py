@@ -1,6 +1,9 @@
-"""A provider behind its breaker, with retries and timeouts: the port, made resilient.
+"""A provider behind its bulkhead and breaker, with retries and timeouts: the port, made
+resilient.
 
-For each call: the breaker admits it or refuses at once (fail fast, nothing sent); each
+For each call: the bulkhead gives it a slot for the whole call or refuses at once; for each
+attempt, the breaker admits it and the bulkhead's rate has a token for it, or the call is
+refused at once (fail fast, nothing sent; see ``bulkhead.py`` for why there); each
 attempt is bounded by the per-attempt timeout and by what remains of the call's budget; only
 errors the adapter classified as retryable are retried, always with the same provider key.
 After an outcome that cannot be known, a provider that would not deduplicate a re-sent request
@@ -14,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from orchestrator.ports import (
@@ -25,6 +29,7 @@ from orchestrator.ports import (
     ProviderOutcomeUnknown,
 )
 from orchestrator.resilience.breaker import CircuitBreaker, Permit
+from orchestrator.resilience.bulkhead import Bulkhead, ProviderBusy
 from orchestrator.resilience.retry import Jitter, RetryPolicy, delays, full_jitter
 
 log = logging.getLogger("payorch.resilience")
@@ -85,6 +90,7 @@ class ResilientProvider:
         clock: Callable[[], float] = time.monotonic,
         jitter: Jitter | None = None,
         stats: Stats | None = None,
+        bulkhead: Bulkhead | None = None,
     ) -> None:
         self.inner = inner
         self.name = inner.name
@@ -94,21 +100,45 @@ class ResilientProvider:
         self._sleep, self._clock = sleep, clock
         self._jitter = jitter or full_jitter()
         self.stats = stats or Stats()
+        self.bulkhead = bulkhead or Bulkhead(inner.name, clock=clock)
 
     def authorize(self, operation: ProviderOperation, *, timeout: float) -> ProviderOutcome:
-        return self._call(self.inner.authorize, operation, timeout)
+        with self._slot():
+            return self._call(self.inner.authorize, operation, timeout)
 
     def capture(self, operation: ProviderOperation, *, timeout: float) -> ProviderOutcome:
-        return self._call(self.inner.capture, operation, timeout)
+        with self._slot():
+            return self._call(self.inner.capture, operation, timeout)
 
     def cancel(self, operation: ProviderOperation, *, timeout: float) -> ProviderOutcome:
-        return self._call(self.inner.cancel, operation, timeout)
+        with self._slot():
+            return self._call(self.inner.cancel, operation, timeout)
 
     def refund(self, operation: ProviderOperation, *, timeout: float) -> ProviderOutcome:
-        return self._call(self.inner.refund, operation, timeout)
+        with self._slot():
+            return self._call(self.inner.refund, operation, timeout)
 
     def lookup(self, operation: ProviderOperation, *, timeout: float) -> ProviderOutcome | None:
         """A lookup is a read: retried like any call, and it never moves money."""
+        with self._slot():
+            return self._lookup(operation, timeout)
+
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        """The bulkhead's slot, held for the whole call: retries, their waits, and a lookup
+        made instead of a re-send (which takes no second slot)."""
+        try:
+            taken = self.bulkhead.take_slot()
+        except ProviderBusy:
+            self.stats.add("bulkhead_rejected")
+            raise
+        try:
+            yield
+        finally:
+            if taken:
+                self.bulkhead.leave()
+
+    def _lookup(self, operation: ProviderOperation, timeout: float) -> ProviderOutcome | None:
         started = self._clock()
         budget = min(timeout, self.policy.retry.max_time)
         waits = _LazyDelays(self.policy.retry, self._jitter)
@@ -179,6 +209,12 @@ class ResilientProvider:
                 retry_after=self.breaker.retry_after(),
                 breaker_failure=False,
             )
+        try:
+            self.bulkhead.take_token()
+        except ProviderBusy:
+            self.breaker.record_neutral(permit)  # admitted, never sent
+            self.stats.add("rate_limited")
+            raise
         started = self._clock()
         try:
             outcome = call(operation, timeout=min(self.policy.attempt_timeout, remaining))
@@ -209,7 +245,7 @@ class ResilientProvider:
     ) -> ProviderOutcome:
         remaining = budget - self._elapsed(started)
         try:
-            found = self.lookup(operation, timeout=remaining) if remaining > _MIN_ATTEMPT else None
+            found = self._lookup(operation, remaining) if remaining > _MIN_ATTEMPT else None
         except ProviderError:
             found = None
         if found is None:
@@ -227,8 +263,10 @@ class ResilientProvider:
         waits: _LazyDelays,
         operation: ProviderOperation,
     ) -> bool:
-        if isinstance(error, CircuitOpen) or attempt >= self.policy.retry.max_attempts:
+        if attempt >= self.policy.retry.max_attempts:
             return False
+        if isinstance(error, CircuitOpen | ProviderBusy):
+            return False  # fail fast: refused here, nothing sent; waiting would hold a worker
         delay = waits.next()
         if error.retry_after is not None:
             delay = max(delay, error.retry_after)

@@ -42,8 +42,40 @@ def check(world: World) -> list[str]:
     problems += _replays_answer_the_same(world)
     problems += world.leaks
     problems += _accounts_kept_apart(world)
+    problems += _outbound_limits_held(world)
     report = verify(world.store, world.any_app().mapper)
     problems += [f"audit verify: {finding.line()}" for finding in report.findings]
+    return problems
+
+
+def _outbound_limits_held(world: World) -> list[str]:
+    """No replica ever had more calls in flight at a provider than its
+    ``max_concurrent_calls``, nor sent more requests by any moment than its token bucket
+    allows: at most a full bucket plus what refilled since the replica (re)started."""
+    problems = []
+    for name, provider in sorted(world.providers.items()):
+        limits = world.scenario.limits.get(name, {})
+        concurrent = limits.get("max_concurrent_calls")
+        rate = limits.get("max_calls_per_second")
+        for sender, peak in sorted(provider.peak.items()):
+            if concurrent is not None and peak > concurrent:
+                problems.append(
+                    f"{sender[0]}#{sender[1]} had {peak} calls in flight at {name} "
+                    f"(max_concurrent_calls = {concurrent:g})"
+                )
+        if rate is None:
+            continue
+        bucket = max(1.0, float(int(rate)))
+        for sender, times in sorted(provider.arrivals.items()):
+            started = world.started[sender]
+            for n, at in enumerate(times, start=1):
+                if n > bucket + rate * (at - started) + 1e-9:
+                    problems.append(
+                        f"{sender[0]}#{sender[1]} sent {name} {n} requests by "
+                        f"{at - started:.3f} s after it started "
+                        f"(max_calls_per_second = {rate:g})"
+                    )
+                    break
     return problems
 
 

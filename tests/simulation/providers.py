@@ -12,6 +12,9 @@ against it. Its faults:
 - honouring idempotency keys, or ignoring them (a re-send charges again);
 - webhooks for what it did, duplicated, delayed and so reordered, and, for an attempt it
   refused, a late "authorization failed" about a payment that another provider now serves.
+
+It also counts what each replica (each incarnation) sends it: the calls in flight at once and
+when each request arrived, so a run can check that payorch's outbound limits held.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import hashlib
 import hmac
 import json
 import random
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,28 +105,50 @@ class SimulatedProvider:
     lookups: list[tuple[str, float, str]] = field(default_factory=list)
     outbox: list[Webhook] = field(default_factory=list)
     quiet: bool = False  # after the load: no more faults, so the run can settle
+    # by (replica, incarnation): calls in flight now, the most at once, each arrival's time
+    in_flight: dict[tuple[str, int], int] = field(default_factory=dict)
+    peak: dict[tuple[str, int], int] = field(default_factory=dict)
+    arrivals: dict[tuple[str, int], list[float]] = field(default_factory=dict)
     _events: int = 0
 
     # --- the port ---------------------------------------------------------------------
 
     def authorize(self, op: ProviderOperation, *, timeout: float) -> ProviderOutcome:
-        return self._call(op, timeout)
+        with self._counted():
+            return self._call(op, timeout)
 
     def capture(self, op: ProviderOperation, *, timeout: float) -> ProviderOutcome:
-        return self._call(op, timeout)
+        with self._counted():
+            return self._call(op, timeout)
 
     def cancel(self, op: ProviderOperation, *, timeout: float) -> ProviderOutcome:
-        return self._call(op, timeout)
+        with self._counted():
+            return self._call(op, timeout)
 
     def refund(self, op: ProviderOperation, *, timeout: float) -> ProviderOutcome:
-        return self._call(op, timeout)
+        with self._counted():
+            return self._call(op, timeout)
 
     def lookup(self, op: ProviderOperation, *, timeout: float) -> ProviderOutcome | None:
-        self._travel(timeout)
-        self.lookups.append((op.provider_key, self.scheduler.now, self.scheduler.current.name))
-        found = self.by_key.get(op.provider_key)
-        self._back()
-        return found
+        with self._counted():
+            self._travel(timeout)
+            self.lookups.append((op.provider_key, self.scheduler.now, self.scheduler.current.name))
+            found = self.by_key.get(op.provider_key)
+            self._back()
+            return found
+
+    @contextmanager
+    def _counted(self) -> Iterator[None]:
+        """One request of the calling replica's incarnation, in flight until it ends."""
+        host = self.scheduler.current.host
+        sender = (host.name, host.incarnation) if host is not None else ("-", 0)
+        self.arrivals.setdefault(sender, []).append(self.scheduler.now)
+        self.in_flight[sender] = self.in_flight.get(sender, 0) + 1
+        self.peak[sender] = max(self.peak.get(sender, 0), self.in_flight[sender])
+        try:
+            yield
+        finally:
+            self.in_flight[sender] -= 1
 
     # --- what a call goes through -----------------------------------------------------
 

@@ -65,6 +65,8 @@ class Scheduler:
         self._main: greenlet | None = None
         self.steps = 0
         self.failures: list[tuple[str, BaseException]] = []
+        # (replica, when, when its wait would have ended): actors that crashed their replica
+        self.died_before_waits: list[tuple[str, float, float]] = []
 
     # --- time -------------------------------------------------------------------------
 
@@ -113,6 +115,12 @@ class Scheduler:
         actor = self.current
         self._check_alive(actor)
         self._maybe_crash(actor, f"before {point}")
+        # An actor that crashed its own replica dies here, not after its wait: by then the
+        # replica may have restarted, and it would run on as a ghost of the old incarnation
+        # (seed 1182 found one: an old recovery worker, with its old bulkhead).
+        if actor.host is not None and not actor.host.alive:
+            self.died_before_waits.append((actor.host.name, self.now, self.now + delay))
+            raise Crashed(actor.host.name)
         actor.wake = self.now + delay
         assert self._main is not None
         self._main.switch()

@@ -19,11 +19,22 @@ CONCURRENT_LOOKUPS = "two replicas looked up one step of the schedule together"
 CALLER_LOOKUP = "a caller's follow-up looked up an operation in doubt off the schedule"
 LEARNT_AFTER_ANSWER = "a command answered in doubt, and its outcome was learnt afterwards"
 KEYLESS_AMONG_SEVERAL = "an event without a key, about one of several operations of its kind"
+OVER_LIMIT = "a provider over its outbound limits refused a call (nothing sent)"
+GHOST = "an actor crashed its replica before a wait that outlasted the replica's restart"
 
 
 def witnesses(world: World) -> set[str]:
     seen: set[str] = set()
     counts = world.recovery_counts()
+    for host, died, would_wake in world.scheduler.died_before_waits:
+        if any(name == host and died < at < would_wake for (name, _), at in world.started.items()):
+            seen.add(GHOST)
+    if any(
+        route.bulkhead is not None and route.bulkhead.refused
+        for app in world.apps
+        for route in app.router.routes.values()
+    ):
+        seen.add(OVER_LIMIT)
     if counts.get("lookups_not_sent"):
         seen.add(UNSENT_LOOKUP)
     if counts.get("lookups_already_recorded"):

@@ -3,7 +3,7 @@
 Everything random is drawn from the seed: how many replicas and payments, each provider's
 faults and whether it honours idempotency keys, what each caller asks for and when, where
 replicas crash. The real code runs: ``Payments`` (commands, replays, failover, resolution),
-the resilient layer (breaker, retries, timeouts), routing, ``RecoveryWorker``,
+the resilient layer (bulkhead, breaker, retries, timeouts), routing, ``RecoveryWorker``,
 ``WebhookIntake`` and ``WebhookProcessor``, and ``audit verify`` at the end.
 """
 
@@ -90,11 +90,14 @@ class Scenario:
     payments: int
     crash_rate: float
     providers: dict[str, tuple[bool, Faults]]
+    # each provider's outbound limits in payorch's configuration, as a TOML table sets them
+    limits: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def describe(self) -> str:
         honours = ", ".join(
             f"{name} ({'honours' if keys else 'ignores'} keys"
-            f"{', outages' if faults.outages else ''})"
+            f"{', outages' if faults.outages else ''}"
+            f"{''.join(f', {k} {v:g}' for k, v in self.limits.get(name, {}).items())})"
             for name, (keys, faults) in self.providers.items()
         )
         return (
@@ -130,6 +133,23 @@ def choose(rng: random.Random) -> Scenario:
     )
 
 
+def choose_limits(seed: int) -> dict[str, dict[str, float]]:
+    """Outbound limits for some providers: tight enough that duplicates, lookups and retries
+    run into them. Drawn from a source of their own, so that every other choice of a seed
+    (and so the path of each regression seed that no limit touches) stays where it was."""
+    rng = random.Random(f"limits/{seed}")
+    limits: dict[str, dict[str, float]] = {}
+    for name in ("alpha", "beta"):
+        table: dict[str, float] = {}
+        if rng.random() < 0.35:
+            table["max_concurrent_calls"] = rng.choice((1, 1, 2))
+        if rng.random() < 0.35:
+            table["max_calls_per_second"] = rng.choice((0.5, 1.0, 2.0, 5.0))
+        if table:
+            limits[name] = table
+    return limits
+
+
 @contextmanager
 def simulated_event_time(scheduler: Scheduler) -> Iterator[None]:
     """eventsourcing stamps each event with the wall clock; in a run it is simulated time."""
@@ -153,7 +173,7 @@ class Replica:
                 name,
                 name,
                 provider,
-                PROVIDER_SPEC,
+                {**PROVIDER_SPEC, **world.scenario.limits.get(name, {})},
                 world.stats,
                 clock=sched.monotonic,
                 sleep=sched.sleep,
@@ -196,6 +216,7 @@ class Replica:
         cipher = self.app.mapper.cipher
         assert isinstance(cipher, KeyedAESCipher)
         cipher.random_bytes = random.Random(f"{world.seed}.nonces.{replica_number}").randbytes
+        world.started[host.name, host.incarnation] = sched.now
         self.intake = WebhookIntake(self.app, webhook_verifiers(router), clock=sched.wall)
         self.recovery = RecoveryWorker(self.app, interval=0.5)
         self.consumer = WebhookProcessor(self.app, interval=0.5)
@@ -244,10 +265,12 @@ class World:
     payment_ids: list[str] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)  # what every replica's resilient layer did
     apps: list[Payments] = field(default_factory=list)  # every replica's, crashed ones too
+    started: dict[tuple[str, int], float] = field(default_factory=dict)  # each incarnation's
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
         self.scenario = choose(self.rng)
+        self.scenario.limits = choose_limits(self.seed)
         self.scheduler = Scheduler(self.rng, crash_rate=self.scenario.crash_rate)
         self.scheduler.on_crash = self._crashed
         self.store = SimulatedStore.open(self.scheduler)

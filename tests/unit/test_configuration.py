@@ -157,6 +157,9 @@ def test_the_readme_configuration_example_loads(
     stripe = config.router.route("stripe-us")
     assert stripe.timeout == 10.0 and stripe.breaker is not None
     assert stripe.breaker.policy.failure_threshold == 5
+    assert stripe.bulkhead is not None
+    assert stripe.bulkhead.policy.max_concurrent_calls == 32
+    assert stripe.bulkhead.policy.max_calls_per_second == 80
     from orchestrator.bootstrap import webhook_verifiers
 
     assert {k: [v.name for v in vs] for k, vs in webhook_verifiers(config.router).items()} == {
@@ -301,3 +304,43 @@ def test_no_warning_is_logged_when_every_webhook_endpoint_has_its_secret(
         warn_of_webhooks_without_secret(config)
     assert _warnings(caplog) == []
     assert secret not in caplog.text
+
+
+# --- outbound limits: the bulkhead of each provider ---------------------------------------
+
+
+def test_a_provider_table_sets_its_outbound_limits(tmp_path: Path) -> None:
+    limited = SANDBOX_TABLE + "max_concurrent_calls = 4\nmax_calls_per_second = 2.5\n"
+    router = load_router(_configuration_file(tmp_path, limited), None)
+    route = router.route("sandbox-eu")
+    assert route.bulkhead is not None
+    assert route.bulkhead.policy.max_concurrent_calls == 4
+    assert route.bulkhead.policy.max_calls_per_second == 2.5
+    for _ in range(4):
+        route.bulkhead.enter()
+    assert not route.available()
+
+
+def test_without_outbound_limits_a_provider_is_unlimited(tmp_path: Path) -> None:
+    router = load_router(_configuration_file(tmp_path, SANDBOX_TABLE), None)
+    bulkhead = router.route("sandbox-eu").bulkhead
+    assert bulkhead is not None and bulkhead.policy.unlimited
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("max_concurrent_calls = 0", "max_concurrent_calls must be a whole number of at least 1"),
+        ("max_concurrent_calls = 2.5", "max_concurrent_calls must be a whole number"),
+        ('max_concurrent_calls = "8"', "max_concurrent_calls must be a whole number"),
+        ("max_calls_per_second = 0", "max_calls_per_second must be a positive number"),
+        ("max_calls_per_second = -3", "max_calls_per_second must be a positive number"),
+        ("max_calls_per_second = true", "max_calls_per_second must be a positive number"),
+    ],
+)
+def test_outbound_limits_that_mean_nothing_are_refused_naming_the_provider(
+    tmp_path: Path, setting: str, message: str
+) -> None:
+    path = _configuration_file(tmp_path, SANDBOX_TABLE + setting + "\n")
+    with pytest.raises(ValueError, match=f"provider 'sandbox-eu': {message}"):
+        load_router(path, None)
