@@ -237,3 +237,26 @@ def test_stop_returns_promptly_with_a_stalled_client_connected(tmp_path: Path) -
         next(sides)  # stops the server
     assert time.monotonic() - started < 3
     stalled.close()
+
+
+def test_a_delivery_waiting_for_the_store_holds_no_other_client(side: Side, tmp_path: Path) -> None:
+    """The intake's store write runs off the event loop: while it waits for SQLite's write
+    lock (held here by another connection), health checks and refusals are still answered."""
+    import sqlite3
+    from concurrent.futures import ThreadPoolExecutor
+
+    blocker = sqlite3.connect(tmp_path / "payorch.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the write lock, as another writer would hold it
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(side.post, "evt_w1")
+            time.sleep(0.3)
+            assert not waiting.done()
+            started = time.monotonic()
+            assert httpx.get(f"{side.url}/healthz", timeout=5).status_code == 200
+            assert httpx.post(f"{side.url}/webhooks/paypal", content=b"{}").status_code == 404
+            assert time.monotonic() - started < 0.5
+            blocker.execute("ROLLBACK")
+            assert waiting.result(timeout=10).status_code == 200  # acknowledged once stored
+    finally:
+        blocker.close()
