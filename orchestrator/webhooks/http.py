@@ -17,14 +17,15 @@ What a slow or hostile client can hold, and for how long (``HttpLimits``, and ``
 - connections over ``max_connections`` are answered 503 and closed as soon as they open.
 
 The intake writes to the event store synchronously: it runs on a bounded pool of threads,
-never on the event loop. Concurrent deliveries share store transactions through the
-recorder's group commit (``orchestrator.batching``); each is acknowledged only once its
-transaction has committed.
+never on the event loop. Deliveries that arrive while the intake is busy are handed over
+together and stored in one transaction (``WebhookIntake.receive_many``); each is
+acknowledged only once the transaction holding it has committed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import socket
@@ -38,11 +39,12 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from orchestrator.ports import WebhookRejected
-from orchestrator.webhooks.intake import WebhookIntake
+from orchestrator.webhooks.intake import Receipt, Request, WebhookIntake
 
 log = logging.getLogger("payorch.http")
 
 MAX_BODY = 1024 * 1024  # bytes; providers' events are a few kB
+MAX_BATCH = 128  # deliveries stored in one transaction
 _PREFIX = "/webhooks/"
 # Adyen expects this exact body to consider a notification accepted.
 _ACCEPTED_BODIES = {"adyen": b"[accepted]"}
@@ -61,7 +63,7 @@ class HttpLimits:
     body_timeout: float = 10.0  # to receive its body, from the end of its headers
     keep_alive: float = 5.0  # an idle keep-alive connection is closed after this
     max_connections: int = 1000  # open at once; more are answered 503 and closed
-    intake_threads: int = 32  # deliveries verified and stored at once
+    intake_threads: int = 2  # batches of deliveries verified and stored at once
 
 
 class HttpServer:
@@ -239,6 +241,7 @@ class _App:
         self.limits = limits
         self.max_body = max_body
         self.pool = pool
+        self.batches = _Batches(intake, pool, limits.intake_threads)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -299,11 +302,8 @@ class _App:
         if "content-length" not in headers:
             await _json(send, 411, {"error": "Content-Length required"})
             return
-        loop = asyncio.get_running_loop()
         try:
-            receipt = await loop.run_in_executor(
-                self.pool, self.intake.receive, provider, headers, body
-            )
+            receipt = await self.batches.receive(Request(provider, headers, body))
         except WebhookRejected as e:
             log.info("webhook %s refused %d: %s", provider, e.status, e.reason)
             await _json(send, e.status, {"error": e.reason})
@@ -317,6 +317,57 @@ class _App:
             await _send(send, 200, accepted, b"text/plain")
         else:
             await _json(send, 200, {"stored": receipt.stored, "duplicates": receipt.duplicates})
+
+
+class _Batches:
+    """Hands deliveries to the intake from the event loop, in batches: at most ``workers``
+    batches are verified and stored at once, each in one store transaction; the deliveries
+    that arrive meanwhile wait and make the next batch. A lone delivery goes at once."""
+
+    def __init__(self, intake: WebhookIntake, pool: ThreadPoolExecutor, workers: int) -> None:
+        self.intake = intake
+        self.pool = pool
+        self.workers = workers
+        self.pending: list[tuple[Request, asyncio.Future[Receipt]]] = []
+        self.running = 0
+
+    async def receive(self, request: Request) -> Receipt:
+        answer: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
+        self.pending.append((request, answer))
+        self._dispatch()
+        return await answer
+
+    def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.pending and self.running < self.workers:
+            batch, self.pending = self.pending[:MAX_BATCH], self.pending[MAX_BATCH:]
+            self.running += 1
+            job = loop.run_in_executor(
+                self.pool, self.intake.receive_many, [request for request, _ in batch]
+            )
+            job.add_done_callback(functools.partial(self._done, batch))
+
+    def _done(
+        self,
+        batch: list[tuple[Request, asyncio.Future[Receipt]]],
+        job: asyncio.Future[list[Receipt | Exception]],
+    ) -> None:
+        self.running -= 1
+        failure = None if job.cancelled() else job.exception()
+        for i, (_, answer) in enumerate(batch):
+            if answer.done():
+                continue  # its request was cancelled (the server is stopping)
+            if job.cancelled():
+                answer.cancel()
+            elif failure is not None:
+                answer.set_exception(failure)
+            else:
+                result = job.result()[i]
+                if isinstance(result, Exception):
+                    answer.set_exception(result)
+                else:
+                    answer.set_result(result)
+        self._dispatch()
 
 
 async def _json(send: Send, status: int, body: dict[str, object], *, close: bool = False) -> None:
