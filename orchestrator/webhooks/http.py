@@ -161,14 +161,20 @@ def _bind(listen: str) -> socket.socket:
 
 def _protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:
     class _Protocol(HttpToolsProtocol):
-        """uvicorn's httptools protocol with a request-head deadline and a connection cap."""
+        """uvicorn's httptools protocol with a request-head deadline and a connection cap.
+        It relies on uvicorn's parser callbacks (``on_message_begin``, ``on_headers_complete``)
+        and its ``connections`` set: tests/e2e/test_http_server.py fails if an upgrade of
+        uvicorn changes them."""
 
         _head_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             if len(self.connections) > limits.max_connections:
-                log.warning("HTTP connection refused: %d open", len(self.connections) - 1)
+                now = self.loop.time()
+                if now - _refusals.last_logged >= 1.0:  # one line a second, not one a refusal
+                    _refusals.last_logged = now
+                    log.warning("HTTP connections refused: %d open", len(self.connections) - 1)
                 transport.write(_OVERLOADED)
                 transport.close()
                 return
@@ -198,12 +204,16 @@ def _protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:
         def _head_late(self) -> None:
             self._head_timer = None
             if not self.transport.is_closing():
-                log.info(
+                log.debug(
                     "HTTP connection closed: no request head within %gs", limits.header_timeout
                 )
                 self.transport.close()
 
     return _Protocol
+
+
+class _refusals:  # noqa: N801 (a namespace)
+    last_logged = float("-inf")
 
 
 def _overloaded() -> bytes:
@@ -282,7 +292,7 @@ class _App:
                     if not message.get("more_body", False):
                         return b"".join(chunks)
         except TimeoutError:
-            log.info("HTTP request body not received within %gs", self.limits.body_timeout)
+            log.debug("HTTP request body not received within %gs", self.limits.body_timeout)
             raise _Refused(408, "request body not received in time") from None
 
     async def _get(self, send: Send, path: str) -> None:
