@@ -13,8 +13,8 @@ created over gRPC first, so that every delivery is about a real payment. Then:
    posted as fast as the same load generator can; the consumer's tracking position is
    followed on a read-only connection to the store until every one is applied. The rate of
    the drain after the last acknowledgement is the consumer's throughput.
-3. The ceiling: an empty HTTP server (payorch's ``ThreadingHTTPServer`` setup, HTTP/1.1
-   keep-alive, Nagle off, answering every POST with an empty 200) in its own process, under
+3. The ceiling: an empty HTTP server (payorch's uvicorn setup, ``AsgiServer``, with an app
+   that reads the body and answers every POST with an empty 200) in its own process, under
    the same load.
 
 The load generator and the ceiling server are this file too (``webhooks.py loadgen ...``,
@@ -38,14 +38,12 @@ import shlex
 import shutil
 import sqlite3
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -387,30 +385,22 @@ def loadgen_main(argv: list[str]) -> int:
 # --- the ceiling server -------------------------------------------------------------------
 
 
-class EmptyHandler(BaseHTTPRequestHandler):
-    """payorch's handler settings (orchestrator/webhooks/http.py), and no work: read the body,
-    answer 200 with an empty body."""
-
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    server_version = "empty"
-    sys_version = ""
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        length = self.headers.get("Content-Length", "")
-        if length.isdigit():
-            self.rfile.read(int(length))
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
+async def empty_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """No work: read the body, answer 200 with an empty body."""
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]}
+    )
+    await send({"type": "http.response.body", "body": b""})
 
 
 def empty_http_main(argv: list[str]) -> int:
-    # payorch's server class itself: ThreadingHTTPServer, daemon threads, listen backlog
-    from orchestrator.webhooks.http import _Server as PayorchHTTPServer
+    # payorch's HTTP server itself (uvicorn, its protocol and limits), with an empty app
+    from orchestrator.webhooks.http import AsgiServer, HttpLimits
 
     parser = argparse.ArgumentParser(
         prog="webhooks.py empty-http", description="The empty HTTP server (the ceiling)."
@@ -418,20 +408,11 @@ def empty_http_main(argv: list[str]) -> int:
     parser.add_argument("--listen", default="127.0.0.1:0", help="port 0 picks a free one")
     args = parser.parse_args(argv)
     stop = stop_event_on_signals()
-    host, _, port = args.listen.rpartition(":")
-    server = PayorchHTTPServer((host or "127.0.0.1", int(port)), EmptyHandler)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
-    )
-    thread.start()
-    print(
-        f"empty HTTP server listening on {host}:{server.server_address[1]}",
-        file=sys.stderr,
-        flush=True,
-    )
+    host = args.listen.rpartition(":")[0]
+    server = AsgiServer(args.listen, empty_app, HttpLimits()).start()
+    print(f"empty HTTP server listening on {host}:{server.port}", file=sys.stderr, flush=True)
     stop.wait()
-    server.shutdown()
-    server.server_close()
+    server.stop()
     return 0
 
 

@@ -29,6 +29,15 @@ class NamedVerifier:
 
 
 @dataclass(frozen=True)
+class Request:
+    """One HTTP delivery as it arrived: the provider type of its URL, headers, raw body."""
+
+    provider: str  # the URL's {provider}
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
 class Receipt:
     stored: int  # new events stored
     duplicates: int  # events already stored by an earlier delivery
@@ -53,21 +62,64 @@ class WebhookIntake:
 
     def receive(self, provider: str, headers: Mapping[str, str], body: bytes) -> Receipt:
         """Verifies and stores a delivery; ``WebhookRejected`` when it must not be stored."""
-        name, events = self._verify(provider, headers, body)
-        raw = base64.b64encode(body).decode()
-        received_at = datetime.fromtimestamp(self.clock(), UTC)
+        answer = self.receive_many([Request(provider, headers, body)])[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def receive_many(self, requests: Sequence[Request]) -> list[Receipt | Exception]:
+        """Verifies each request, then stores every verified delivery in one transaction: the
+        HTTP side hands over the requests that arrived together. If that transaction fails (a
+        delivery stored before, or twice in this batch; a store error), nothing of it was
+        stored, and each delivery is then stored alone, exactly as ``receive`` does. Answers
+        in order: a ``Receipt``, or what ``receive`` would have raised for that request."""
+        answers: list[Receipt | Exception] = []
+        # Deliveries are made anew for each attempt: a save takes the pending events out of
+        # its aggregates, so a failed batch's deliveries would store nothing if saved again.
+        verified: list[tuple[int, str, str, Callable[[], list[WebhookDelivery]]]] = []
+        for i, request in enumerate(requests):
+            try:
+                name, events = self._verify(request.provider, request.headers, request.body)
+            except WebhookRejected as e:
+                answers.append(e)
+                continue
+            raw = base64.b64encode(request.body).decode()
+            received_at = datetime.fromtimestamp(self.clock(), UTC)
+            answers.append(Receipt(len(events), 0))
+            verified.append(
+                (i, request.provider, name, _deliveries(request, name, events, raw, received_at))
+            )
+        alone = True
+        if len(verified) > 1:
+            try:
+                self.app.save(*(d for *_, make in verified for d in make()))
+            except Exception:  # nothing of the batch was stored: each goes alone, below
+                log.debug("a batch of %d deliveries goes alone", len(verified), exc_info=True)
+            else:
+                alone = False
+        for i, provider, name, make in verified:
+            if alone:
+                try:
+                    answers[i] = self._store_alone(make())
+                except Exception as e:  # as receive would raise it: the caller answers 500
+                    answers[i] = e
+                    continue
+            receipt = answers[i]
+            assert isinstance(receipt, Receipt)
+            log.info(
+                "webhook %s: %d stored, %d duplicate(s), verified by %s",
+                provider, receipt.stored, receipt.duplicates, name,
+            )  # fmt: skip
+        return answers
+
+    def _store_alone(self, deliveries: list[WebhookDelivery]) -> Receipt:
         stored = duplicates = 0
-        for item in events:
-            delivery = _delivery(provider, name, item, raw, received_at)
+        for delivery in deliveries:
             try:
                 self.app.save(delivery)
                 stored += 1
             except IntegrityError:
                 duplicates += 1  # delivered before: stored once, applied once
-        log.info(
-            "webhook %s: %d stored, %d duplicate(s), verified by %s",
-            provider, stored, duplicates, name,
-        )  # fmt: skip
         return Receipt(stored, duplicates)
 
     def _verify(
@@ -88,6 +140,12 @@ class WebhookIntake:
                     rejection = e
         assert rejection is not None
         raise rejection
+
+
+def _deliveries(
+    request: Request, name: str, events: list[WebhookEvent], raw: str, received_at: datetime
+) -> Callable[[], list[WebhookDelivery]]:
+    return lambda: [_delivery(request.provider, name, e, raw, received_at) for e in events]
 
 
 def _delivery(

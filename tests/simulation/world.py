@@ -37,7 +37,7 @@ from orchestrator.recovery import RecoveryWorker
 from orchestrator.resilience.provider import Stats
 from orchestrator.resilience.retry import full_jitter
 from orchestrator.routing import Router
-from orchestrator.webhooks.intake import WebhookIntake
+from orchestrator.webhooks.intake import Request, WebhookIntake
 from orchestrator.webhooks.processor import WebhookProcessor
 from tests.simulation.providers import DECLINING_METHOD, Faults, SimulatedProvider
 from tests.simulation.scheduler import EPOCH, Crashed, Host, Scheduler
@@ -498,7 +498,10 @@ class World:
                 due = [w for w in provider.outbox if w.due <= sched.now]
                 for webhook in due:
                     provider.outbox.remove(webhook)
-                    if not self._deliver(webhook.provider, webhook.headers, webhook.body):
+                # The webhooks due together arrive together: the HTTP side hands them to the
+                # intake as one batch (one transaction, or each alone if it cannot commit).
+                for webhook, delivered in zip(due, self._deliver(due), strict=True):
+                    if not delivered:
                         webhook.due = sched.now + self.rng.uniform(0.1, 1.0)  # retried later
                         provider.outbox.append(webhook)
                 upcoming = min((w.due for w in provider.outbox), default=sched.now + 0.5)
@@ -506,20 +509,25 @@ class World:
 
         return run
 
-    def _deliver(self, provider: str, headers: dict[str, str], body: bytes) -> bool:
+    def _deliver(self, webhooks: list[Any]) -> list[bool]:
+        """Which of ``webhooks`` were acknowledged (a refusal is an answer too)."""
         sched = self.scheduler
         live = [h for h in self.hosts if h.alive]
-        if not live:
-            return False
+        if not webhooks or not live:
+            return [False] * len(webhooks)
         host = live[self.rng.randrange(len(live))]
         before = sched.bind(host)
+        requests = [Request(w.provider, w.headers, w.body) for w in webhooks]
         try:
-            self.replicas[host.name].intake.receive(provider, headers, body)
+            answers = self.replicas[host.name].intake.receive_many(requests)
         except Crashed:
-            return False
+            return [False] * len(webhooks)
         finally:
             sched.bind(before)
-        return True
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise answer  # as receive would have raised it
+        return [True] * len(webhooks)
 
     # --- after the run ------------------------------------------------------------------
 
