@@ -1,7 +1,9 @@
 """Closed-loop gRPC load generator (grpc.aio), run as its own process by create_payment.py.
 
 ``--concurrency`` coroutines share one channel (one HTTP/2 connection); each sends its next
-call as soon as its previous one returns. After ``--warmup`` seconds a window of
+call as soon as its previous one returns. With several targets (``--target a,b``), one channel
+each, and the coroutines are dealt over them in turn (bench/processes.py: one load over two
+``payorch serve`` processes). After ``--warmup`` seconds a window of
 ``--duration`` seconds opens: a call counts when it *completes* inside the window, and its
 latency (client side, ``perf_counter`` around the ``await``) goes into the percentiles. At the
 end of the window no new call starts; calls in flight are awaited (each has a deadline).
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -97,10 +100,18 @@ async def run_load(args: argparse.Namespace, replay_keys: list[str]) -> dict[str
     expect_status = pb.PAYMENT_STATUS_AUTHORIZED
 
     metadata = _call_metadata(args)
-    async with _channel(args) as channel:
-        await asyncio.wait_for(channel.channel_ready(), timeout=args.connect_timeout)
-        stub = payments_pb2_grpc.PaymentOrchestratorStub(channel)  # type: ignore[no-untyped-call]
-        health = health_pb2_grpc.HealthStub(channel)
+    targets = args.target.split(",")
+    async with contextlib.AsyncExitStack() as channels:
+        stubs: list[tuple[Any, Any]] = []
+        for target in targets:
+            channel = await channels.enter_async_context(_channel(args, target))
+            await asyncio.wait_for(channel.channel_ready(), timeout=args.connect_timeout)
+            stubs.append(
+                (
+                    payments_pb2_grpc.PaymentOrchestratorStub(channel),  # type: ignore[no-untyped-call]
+                    health_pb2_grpc.HealthStub(channel),
+                )
+            )
         started = time.perf_counter()
         window_start = started + args.warmup
         window_end = window_start + args.duration
@@ -111,7 +122,8 @@ async def run_load(args: argparse.Namespace, replay_keys: list[str]) -> dict[str
                 await asyncio.sleep(max(0.0, at - time.perf_counter()))
                 snapshots.append(cpu_snapshot(watch, watch_comm))
 
-        async def worker() -> None:
+        async def worker(n: int) -> None:
+            stub, health = stubs[n % len(stubs)]
             while time.perf_counter() < window_end:
                 key = ""
                 t0 = time.perf_counter()
@@ -151,7 +163,7 @@ async def run_load(args: argparse.Namespace, replay_keys: list[str]) -> dict[str
         # warm-up + window + the last calls' deadline, and a margin: never longer than that
         limit = args.warmup + args.duration + args.call_timeout + 10
         await asyncio.wait_for(
-            asyncio.gather(sample_cpu(), *(worker() for _ in range(args.concurrency))),
+            asyncio.gather(sample_cpu(), *(worker(n) for n in range(args.concurrency))),
             timeout=limit,
         )
 
@@ -182,16 +194,16 @@ async def run_load(args: argparse.Namespace, replay_keys: list[str]) -> dict[str
     }
 
 
-def _channel(args: argparse.Namespace) -> grpc.aio.Channel:
+def _channel(args: argparse.Namespace, target: str) -> grpc.aio.Channel:
     """Plaintext, or TLS trusting ``--tls-ca`` with the client certificate ``--tls-cert``."""
     if not args.tls_ca:
-        return grpc.aio.insecure_channel(args.target)
+        return grpc.aio.insecure_channel(target)
     credentials = grpc.ssl_channel_credentials(
         Path(args.tls_ca).read_bytes(),
         Path(args.tls_key).read_bytes() if args.tls_key else None,
         Path(args.tls_cert).read_bytes() if args.tls_cert else None,
     )
-    return grpc.aio.secure_channel(args.target, credentials)
+    return grpc.aio.secure_channel(target, credentials)
 
 
 def _call_metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...] | None:
@@ -203,7 +215,9 @@ def _call_metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...] | No
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--target", required=True, help="host:port of the gRPC server")
+    parser.add_argument(
+        "--target", required=True, help="host:port of the gRPC server (several: a,b)"
+    )
     parser.add_argument("--mode", choices=("create", "replay", "get", "health"), required=True)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--warmup", type=float, default=2.0)

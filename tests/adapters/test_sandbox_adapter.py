@@ -571,3 +571,25 @@ def test_close_closes_only_an_owned_client(server: SandboxServer, http: httpx.Cl
         assert owned.authorize(authorize_op(), timeout=TIMEOUT).status is OutcomeStatus.SUCCEEDED
     with pytest.raises(RuntimeError, match="closed"):
         owned.authorize(authorize_op(), timeout=TIMEOUT)
+
+
+def test_each_thread_calls_the_provider_through_a_pool_of_its_own(server: SandboxServer) -> None:
+    # No gRPC worker waits for another's pool lock (bench/README.md); close() closes them all.
+    adapter = SandboxAdapter(server.url)
+    clients: dict[str, list[httpx.Client]] = {}
+
+    def call(name: str) -> None:
+        for n in range(2):
+            adapter.authorize(authorize_op(f"key-{name}-{n}"), timeout=TIMEOUT)
+            clients.setdefault(name, []).append(adapter._http._client())
+
+    threads = [threading.Thread(target=call, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    (a1, a2), (b1, b2) = clients["a"], clients["b"]
+    assert a1 is a2 and b1 is b2  # kept alive within a thread
+    assert a1 is not b1
+    adapter.close()
+    assert a1.is_closed and b1.is_closed

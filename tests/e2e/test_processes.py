@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from adapters.sandbox import SandboxServer
 from orchestrator.api._generated import payments_pb2 as pb
+from orchestrator.api.server import create_server
 from orchestrator.application import Payments
 from orchestrator.bootstrap import build_payments, load_router
 from orchestrator.domain.command import command_id, payment_id_for
@@ -148,3 +150,24 @@ def test_kill_9_between_intent_and_outcome_is_resolved_by_asking_never_by_reauth
         assert second.stop() == 0
         observer.close()
     assert len(ledger(sandbox, "authorization")) == 1
+
+
+def test_a_second_server_on_a_port_in_use_fails_to_start(running_app: Payments) -> None:
+    # Several processes never share a port by accident: gRPC would set SO_REUSEPORT by
+    # default on Linux, and two servers would then split one port's callers unannounced.
+    first = create_server("127.0.0.1:0", running_app)
+    first.start()
+    try:
+        with pytest.raises((OSError, RuntimeError)):
+            create_server(f"127.0.0.1:{first.port}", running_app)
+    finally:
+        first.stop(grace=0)
+
+
+@pytest.fixture
+def running_app(database_url: str, sandbox: SandboxServer) -> Iterator[Payments]:
+    app = build_payments(database_url, load_router(None, sandbox.url))
+    try:
+        yield app
+    finally:
+        app.close()

@@ -90,6 +90,25 @@ def test_the_same_key_with_other_parameters_is_still_refused_without_a_read(
     assert sum(reads.values()) == 0, reads
 
 
+def test_a_hot_key_reused_with_other_parameters_is_still_refused(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = running.stub.CreatePayment(create_request("hot-1", amount=1000))
+    for _ in range(3):  # hot: its replays now skip validation and the fingerprint
+        assert running.stub.CreatePayment(create_request("hot-1", amount=1000)) == first
+    reads = count_reads(running.app, monkeypatch)
+    for other in (create_request("hot-1", amount=2000), create_request("hot-1", region="EU")):
+        with pytest.raises(grpc.RpcError) as refused:
+            running.stub.CreatePayment(other)
+        assert error_reason(refused.value) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "IDEMPOTENCY_KEY_REUSED",
+        )
+    assert running.stub.CreatePayment(create_request("hot-1", amount=1000)) == first
+    assert sum(reads.values()) == 0, reads
+    assert len(running.ledger("authorization")) == 1
+
+
 def test_the_cache_is_bounded_and_an_evicted_answer_is_read_again_unchanged(
     running: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -26,6 +26,7 @@ from orchestrator.domain.command import fingerprint
 from orchestrator.domain.errors import (
     ConcurrentModification,
     DomainError,
+    IdempotencyKeyReused,
     NoProviderAvailable,
     OperationInProgress,
     PaymentNotFound,
@@ -531,19 +532,38 @@ class World:
 
     # --- after the run ------------------------------------------------------------------
 
-    def _replay_all(self) -> list[tuple[str, tuple[Any, ...], Any]]:
+    def _replay_all(self) -> list[tuple[str, Any, Any]]:
         """Every command that got a definite answer, sent again once the world is quiet:
-        (key, first answer, what the replay answers)."""
-        results: list[tuple[str, tuple[Any, ...], Any]] = []
+        (key, first answer, what the replay answers). Each is sent three times, so that a
+        replica that answers a key twice answers it once more by the hot key's shortcut
+        (``orchestrator/results.py``); then a create's key once with another amount, which
+        must still be refused."""
+        results: list[tuple[str, Any, Any]] = []
 
         def replay() -> None:
             for key, answers in sorted(self.answers.items()):
                 first = answers[0]
-                command = _command_of(first.request, first.caller)
-                again = self.call("replay", first.request, command, first.caller)
-                results.append(
-                    (key, first.summary, summary(again) if isinstance(again, Payment) else again)
-                )
+                for _ in range(3):
+                    command = _command_of(first.request, first.caller)
+                    again = self.call("replay", first.request, command, first.caller)
+                    results.append(
+                        (
+                            key,
+                            first.summary,
+                            summary(again) if isinstance(again, Payment) else again,
+                        )
+                    )
+                if isinstance(first.request, CreatePayment):
+                    other = replace(first.request, amount=first.request.amount + 1)
+                    command = _command_of(other, first.caller)
+                    refused = self.call("reuse", other, command, first.caller)
+                    results.append(
+                        (
+                            f"{key} reused",
+                            IdempotencyKeyReused.reason,
+                            getattr(refused, "reason", refused),
+                        )
+                    )
 
         self.scheduler.spawn("replays", replay, crash_points=False)
         self.scheduler.run(until=self.scheduler.now + 10)
