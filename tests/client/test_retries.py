@@ -32,7 +32,8 @@ from payorch_client import (
 )
 from payorch_client.retry import delays
 
-from orchestrator.api.errors import refusal
+from orchestrator.api.errors import refusal, to_status
+from orchestrator.domain import errors as domain
 
 Answer = pb.Payment | grpc.Status | float  # a float: answer only after that many seconds
 
@@ -284,3 +285,36 @@ def test_amounts_are_integers_of_minor_units(world: World) -> None:
             with pytest.raises(TypeError, match="minor units"):
                 create(client, amount=amount)
     assert world.server.keys == []
+
+
+@pytest.mark.parametrize(
+    ("error", "error_type", "retried"),
+    [
+        (domain.InvalidArgument("amount", "bad", reason="INVALID_AMOUNT"), InvalidArgument, False),
+        (domain.PaymentNotFound("p-1"), PaymentNotFound, False),
+        (domain.IdempotencyKeyReused("k", "CreatePayment"), IdempotencyKeyReused, False),
+        (
+            domain.TransitionNotAllowed("no", reason="AMOUNT_EXCEEDS_REFUNDABLE"),
+            FailedPrecondition,
+            False,
+        ),
+        (domain.RequestInProgress("k", retry_after=0.25), InProgress, True),
+        (domain.OperationInProgress("p-1", retry_after=0.25), InProgress, True),
+        (domain.ConcurrentModification("lost"), InProgress, True),
+        (domain.NoProviderAvailable("none", region="US", retry_after=0.25), Unavailable, True),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, Exception) else None,
+)
+def test_the_client_retries_exactly_the_server_errors_that_say_try_again(
+    world: World, error: domain.DomainError, error_type: type[PayorchError], retried: bool
+) -> None:
+    """Every domain error as the server sends it (``to_status``): the client's type and
+    whether it retries. The simulator's callers retry by this same classification."""
+    world.server.answers = [to_status(error), to_status(error)]
+    policy = RetryPolicy(base=0.1, maximum=1.0, max_attempts=2, max_time=30)
+    with world.client(policy) as client, pytest.raises(error_type) as refused:
+        create(client)
+    assert refused.value.reason == error.reason
+    assert refused.value.metadata == error.metadata
+    assert refused.value.retry_after == getattr(error, "retry_after", None)
+    assert len(world.server.keys) == (2 if retried else 1)
