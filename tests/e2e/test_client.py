@@ -70,6 +70,10 @@ def test_a_payment_is_created_captured_refunded_and_read_through_the_client(
         assert (refunded.status, refunded.refunded_amount) == (pb.PAYMENT_STATUS_REFUNDED, 600)
         assert client.get(created.payment_id) == refunded
         types = [e.type for e in client.events(created.payment_id)]
+        streamed = list(client.stream_events())
+    assert [(s.payment_id, s.event.type) for s in streamed] == [
+        (created.payment_id, t) for t in types
+    ]
     assert types[0] == "Requested"
     assert types.count("OperationStarted") == 3
     assert [e["kind"] for e in running.ledger()] == ["authorization", "capture", "refund"]
