@@ -17,6 +17,7 @@ from adapters.sandbox import SandboxServer
 from orchestrator.application import Payments
 from orchestrator.cli import main
 from tests.audit.helpers import a_few_payments
+from tests.audit.test_export import fill
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -144,3 +145,22 @@ def test_quiet_keeps_an_export_silent_even_on_a_terminal(
     )
     assert code == 0, shown
     assert "%" not in shown
+
+
+def test_an_export_whose_reader_stops_early_ends_quietly(
+    app: Payments, database_url: str, tmp_path: Path
+) -> None:
+    """``payorch audit export --out - | head -1``: the reader closes the pipe long before
+    the end (5,000 events, far beyond a pipe's buffer); the export ends with exit code 1 and
+    no traceback, as Unix tools do."""
+    fill(app, 1000)
+    command = cli("export", "--database-url", database_url, "--format", "jsonl", "--out", "-")
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)  # fmt: skip
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.readline().startswith(b'{"position": 1,')
+    process.stdout.close()
+    errors = process.stderr.read().decode()
+    assert process.wait(60) == 1, errors
+    assert "Traceback" not in errors
+    assert "wrote" not in errors
