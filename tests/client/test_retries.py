@@ -318,3 +318,12 @@ def test_the_client_retries_exactly_the_server_errors_that_say_try_again(
     assert refused.value.metadata == error.metadata
     assert refused.value.retry_after == getattr(error, "retry_after", None)
     assert len(world.server.keys) == (2 if retried else 1)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"max_attempts": 0}, {"base": 0}, {"base": 2.0, "maximum": 1.0}, {"max_time": 0}],
+)
+def test_a_policy_that_could_never_call_or_never_wait_is_refused(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="not a usable retry policy"):
+        RetryPolicy(**bad)  # type: ignore[arg-type]

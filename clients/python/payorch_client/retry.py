@@ -32,7 +32,8 @@ class RetryPolicy:
     max_time: float = 30.0  # seconds: the whole call, attempts and waits
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1 or self.base <= 0 or self.maximum < self.base:
+        usable = self.max_attempts >= 1 and 0 < self.base <= self.maximum and self.max_time > 0
+        if not usable:
             raise ValueError(f"not a usable retry policy: {self}")
 
 
