@@ -3,13 +3,14 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 GEN := orchestrator/api/_generated
+CLIENT := clients/python
 
 .PHONY: run test check lint typecheck proto bench simulate clean
 
-$(BIN)/payorch: pyproject.toml
+$(BIN)/payorch: pyproject.toml $(CLIENT)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' -e $(CLIENT)
 	touch $@
 
 ## run: set up and run the service on its embedded default (SQLite + in-process sandbox)
@@ -26,11 +27,12 @@ lint: $(BIN)/payorch
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 typecheck: $(BIN)/payorch
-	$(BIN)/mypy orchestrator adapters
+	$(BIN)/mypy orchestrator adapters $(CLIENT)/payorch_client
 
-## proto: regenerate the gRPC code from protos/ (the one recipe; tests check it is current)
+## proto: regenerate the gRPC code from protos/, the server's copy and the client's (the one
+## recipe; tests check both are current)
 proto: $(BIN)/payorch
-	$(BIN)/python -m orchestrator.api.codegen $(GEN)
+	$(BIN)/python -m orchestrator.api.codegen $(GEN) $(CLIENT)/payorch_client/_generated
 
 ## simulate: the deterministic simulation on its own: SEEDS=A:B (default 0:10000), or one SEED=N
 SEEDS ?= 0:10000

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -19,6 +20,7 @@ from orchestrator.api.trust import exposure, hash_token
 from orchestrator.application import Payments
 from orchestrator.audit.chain import KEY_VARIABLE, ChainedRecorder, chain_key
 from orchestrator.audit.export import FORMATS, TimeWindow, export, parse_instant
+from orchestrator.audit.progress import Progress, terminal
 from orchestrator.audit.reconcile import our_movements, reconcile, render
 from orchestrator.audit.show import timeline
 from orchestrator.audit.statements import STATEMENT_READERS, StatementError
@@ -133,12 +135,16 @@ def hash_token_from_stdin() -> int:
 def _add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     audit = commands.add_parser("audit", help="read the payment event log (read-only)")
     actions = audit.add_subparsers(dest="audit_command", required=True)
-    export = actions.add_parser("export", help="every payment event, in commit order, to a file")
+    export = actions.add_parser(
+        "export", help="every payment event, in commit order, to a file or standard output"
+    )
     export.add_argument("--database-url", help="env PAYORCH_DATABASE_URL (sqlite:///payorch.db)")
     export.add_argument("--since", type=_instant, help="ISO 8601, inclusive (UTC if no offset)")
     export.add_argument("--until", type=_instant, help="ISO 8601, exclusive (UTC if no offset)")
     export.add_argument("--format", required=True, choices=FORMATS)
-    export.add_argument("--out", required=True, type=Path, help="written atomically")
+    export.add_argument(
+        "--out", required=True, help="a file, written atomically; - for standard output"
+    )
     export.add_argument("--quiet", action="store_true", help="no progress counter")
     verify = actions.add_parser(
         "verify", help="check the log's chain and every payment's money; exit 1 on any finding"
@@ -216,12 +222,18 @@ def _export(app: Payments, args: argparse.Namespace) -> int:
     if window.since is not None and window.until is not None and window.since >= window.until:
         print("payorch audit export: --since must be before --until", file=sys.stderr)
         return 2
-    progress = None if args.quiet or not sys.stderr.isatty() else sys.stderr
-    summary = export(app, args.out, fmt=args.format, window=window, progress=progress)
-    print(
-        f"wrote {summary.events:,} events to {args.out} in {summary.seconds:.1f} s",
-        file=sys.stderr,
-    )
+    to_stdout = args.out == "-"
+    out = sys.stdout if to_stdout else Path(args.out)
+    try:
+        summary = export(app, out, fmt=args.format, window=window, progress=terminal(args.quiet))
+    except BrokenPipeError:
+        # The reader stopped reading (``| head``): end quietly, as Unix tools do, and keep
+        # the interpreter from failing again when it flushes stdout on exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    where = "standard output" if to_stdout else args.out
+    print(f"wrote {summary.events:,} events to {where} in {summary.seconds:.1f} s",
+          file=sys.stderr)  # fmt: skip
     return 0
 
 
@@ -230,7 +242,7 @@ def _verify(app: Payments, expect_head: tuple[int, bytes] | None) -> int:
     if not isinstance(app.recorder, ChainedRecorder):
         print("payorch audit verify: this store keeps no chain", file=sys.stderr)
         return 2
-    report = verify(app.recorder, app.mapper, expect_head=expect_head)
+    report = verify(app.recorder, app.mapper, expect_head=expect_head, progress=terminal())
     print("\n".join(report.lines()))
     return 0 if report.clean else 1
 
@@ -262,7 +274,12 @@ def _reconcile(app: Payments, provider: str, statement: Path) -> int:
     except StatementError as e:
         print(f"payorch audit reconcile: {e}", file=sys.stderr)
         return 2
-    report = reconcile(our_movements(app, provider), theirs, provider=provider)
+    meter = Progress(
+        int(app.recorder.max_notification_id() or 0), terminal(), label="reading the log"
+    )
+    report = reconcile(our_movements(app, provider, on_page=meter.update), theirs,
+                       provider=provider)  # fmt: skip
+    meter.close()
     print("\n".join(render(report, str(statement))))
     return 1 if report.findings else 0
 

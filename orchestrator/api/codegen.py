@@ -4,6 +4,9 @@ protoc writes absolute imports (``from payments.v1 import payments_pb2``) that w
 top-level ``payments`` package; we rewrite them to relative imports so the generated code lives
 inside ``orchestrator.api._generated``. A test regenerates into a temporary folder and compares,
 so the committed code never drifts from the .proto.
+
+The same code is committed twice: here, for the server, and in the client distribution
+(``clients/python/payorch_client/_generated``), which must install without the server.
 """
 
 from __future__ import annotations
@@ -12,7 +15,13 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-PROTO_ROOT = Path(__file__).resolve().parents[2] / "protos"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROTO_ROOT = REPO_ROOT / "protos"
+# Every committed copy of the generated code: ``make proto`` writes each, a test checks each.
+TARGETS = (
+    REPO_ROOT / "orchestrator" / "api" / "_generated",
+    REPO_ROOT / "clients" / "python" / "payorch_client" / "_generated",
+)
 PROTO_FILES = ("payments/v1/payments.proto",)
 _GENERATED = ("payments_pb2.py", "payments_pb2.pyi", "payments_pb2_grpc.py")
 
@@ -48,5 +57,6 @@ def generate(out_dir: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    for path in generate(Path(sys.argv[1])):
-        print(path)
+    for target in [Path(arg) for arg in sys.argv[1:]] or TARGETS:
+        for path in generate(target):
+            print(path)

@@ -3,6 +3,8 @@
 The log is read page by page and each page written as it arrives, so memory stays flat on a
 log of any length. The file appears under its name only once complete (written to
 ``FILE.tmp``, then renamed), so nobody ever reads half an export as if it were the whole.
+``--out -`` writes to standard output instead, as Unix tools do: a reader of a pipe learns of
+a failure from the exit code, not from a missing file.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from orchestrator.application import Payments
+from orchestrator.audit.progress import Progress
 from orchestrator.audit.records import FIELDS, AuditRecord, event_timestamp
 
 FORMATS = ("jsonl", "csv")
@@ -58,19 +61,25 @@ def parse_instant(text: str) -> datetime:
 
 def export(
     app: Payments,
-    out: Path,
+    out: Path | TextIO,
     *,
     fmt: str,
     window: TimeWindow = EVERYTHING,
     progress: TextIO | None = None,
 ) -> ExportSummary:
-    """Writes the events in ``window`` to ``out``; ``progress`` is where to show a counter."""
+    """Writes the events in ``window`` to ``out``, a file (replaced atomically) or an open
+    stream such as standard output; ``progress`` is where to show a counter."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     started = time.monotonic()
     meter = Progress(int(app.recorder.max_notification_id() or 0), progress)
-    with atomic_file(out) as file:
-        count = _WRITERS[fmt](iter_records(app, window, on_page=meter.update), file)
+    records = iter_records(app, window, on_page=meter.update)
+    if isinstance(out, Path):
+        with atomic_file(out) as file:
+            count = _WRITERS[fmt](records, file)
+    else:
+        count = _WRITERS[fmt](records, out)
+        out.flush()
     meter.close()
     return ExportSummary(count, time.monotonic() - started)
 
@@ -156,38 +165,3 @@ def _record(values: Mapping[str, Any], data: dict[str, Any]) -> AuditRecord:
         time=str(values["time"]),
         data=data,
     )
-
-
-class Progress:
-    """A one-line counter for long exports, redrawn at most every ``interval`` seconds;
-    silent without a stream (stderr is not a terminal, or ``--quiet``)."""
-
-    def __init__(self, last_position: int, stream: TextIO | None, interval: float = 0.25) -> None:
-        self.last_position = max(last_position, 1)
-        self.stream = stream
-        self.interval = interval
-        self._drawn_at: float | None = None
-        self._position = 0
-
-    def update(self, position: int) -> None:
-        self._position = position
-        now = time.monotonic()
-        if self.stream is None:
-            return
-        if self._drawn_at is None or now - self._drawn_at >= self.interval:
-            self._draw(self.stream)
-            self._drawn_at = now
-
-    def close(self) -> None:
-        if self.stream is None or self._drawn_at is None:
-            return
-        # The log was read to its end, whose last entry need not be a payment event.
-        self._draw(self.stream, done=100)
-        self.stream.write("\n")  # the summary goes on a line of its own
-        self.stream.flush()
-
-    def _draw(self, stream: TextIO, done: int | None = None) -> None:
-        if done is None:
-            done = min(99, self._position * 100 // self.last_position)
-        stream.write(f"\rexporting: {done:3d}% (position {self._position:,})")
-        stream.flush()

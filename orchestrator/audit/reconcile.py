@@ -139,12 +139,21 @@ class _Payment:
     withdrawn: dict[str, bool] = field(default_factory=dict)  # dispute -> money is out
 
 
-def our_movements(app: Payments, provider: str, *, page: int = PAGE) -> Iterator[Movement]:
-    """The movements our log records at ``provider``, in commit order."""
+def our_movements(
+    app: Payments,
+    provider: str,
+    *,
+    page: int = PAGE,
+    on_page: Callable[[int], None] = lambda position: None,
+) -> Iterator[Movement]:
+    """The movements our log records at ``provider``, in commit order; ``on_page`` is told
+    the position reached after each page (for a progress counter)."""
     replay = _Replay(provider)
     for batch in app.event_pages(page=page):
         for position, event in batch:
             yield from replay.movements(event, position)
+        if batch:
+            on_page(batch[-1][0])
 
 
 class _Replay:

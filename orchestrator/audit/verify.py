@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import Any
+from typing import Any, TextIO
 from uuid import UUID
 
 from eventsourcing.domain import DomainEventProtocol
@@ -23,6 +23,7 @@ from eventsourcing.persistence import Mapper, StoredEvent
 from eventsourcing.utils import get_topic
 
 from orchestrator.audit.chain import GENESIS, ChainedRecorder, content_digest, link_hash
+from orchestrator.audit.progress import Progress
 from orchestrator.domain.payment import TERMINAL, Payment, Status
 from orchestrator.encryption import missing_key
 
@@ -102,12 +103,27 @@ def verify(
     mapper: Mapper[UUID],
     *,
     expect_head: tuple[int, bytes] | None = None,
+    progress: TextIO | None = None,
 ) -> Report:
+    """``progress``: where to show how far each pass is (the CLI's terminal, if any)."""
     report = Report()
     report.head = recorder.chain_head()
-    check_chain(recorder, report, expect_head)
-    check_payments(recorder.events_by_aggregate(), mapper.to_domain_event, report)
+    links = Progress(report.head[0], progress, label="verifying the chain", unit="link")
+    check_chain(recorder, report, expect_head, on_link=links.update)
+    links.close()
+    replayed = Progress(report.links, progress, label="replaying payments", unit="event")
+    events = _counted(recorder.events_by_aggregate(), replayed.update)
+    check_payments(events, mapper.to_domain_event, report)
+    replayed.close()
     return report
+
+
+def _counted(
+    rows: Iterable[tuple[int, StoredEvent]], on_count: Callable[[int], None]
+) -> Iterator[tuple[int, StoredEvent]]:
+    for count, row in enumerate(rows, 1):
+        on_count(count)
+        yield row
 
 
 def parse_head(text: str) -> tuple[int, bytes]:
@@ -126,13 +142,17 @@ def parse_head(text: str) -> tuple[int, bytes]:
 
 
 def check_chain(
-    recorder: ChainedRecorder, report: Report, expect_head: tuple[int, bytes] | None
+    recorder: ChainedRecorder,
+    report: Report,
+    expect_head: tuple[int, bytes] | None,
+    on_link: Callable[[int], None] = lambda seq: None,
 ) -> None:
     key = recorder.chain_key
     head_seq = report.head[0]
     previous_seq, previous_hash = 0, GENESIS
     for link in recorder.links(0, head_seq):
         report.links += 1
+        on_link(link.seq)
         topic = link.event.topic if link.event is not None else None
         what = f"{_named(link.originator_id, topic)} version {link.originator_version} "
         what += f"(link {link.seq})"

@@ -18,19 +18,18 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import eventsourcing.domain
+from payorch_client.errors import Refusal
+from payorch_client.retry import retryable
 
+from orchestrator.api.errors import status_code_for
 from orchestrator.application import Payments
 from orchestrator.bootstrap import resilient_route, webhook_verifiers
 from orchestrator.commands import CancelPayment, CapturePayment, CreatePayment, RefundPayment
 from orchestrator.domain.command import fingerprint
 from orchestrator.domain.errors import (
-    ConcurrentModification,
     DomainError,
     IdempotencyKeyReused,
-    NoProviderAvailable,
-    OperationInProgress,
     PaymentNotFound,
-    RequestInProgress,
 )
 from orchestrator.domain.payment import Payment, Status
 from orchestrator.encryption import KeyedAESCipher
@@ -47,7 +46,6 @@ from tests.simulation.store import SimulatedStore
 # Two accounts: customer i calls as ACCOUNTS[i % 2]; the other account's callers try the same
 # key (customer 0's twin: a payment of its own) and each customer's payment (never found).
 ACCOUNTS = ("shop", "market")
-RETRYABLE = (RequestInProgress, ConcurrentModification, NoProviderAvailable, OperationInProgress)
 CALL_TIMEOUT = 1.0  # a provider call's whole budget (the operation's deadline)
 SCHEDULE = (1.0, 2.0, 4.0)  # recovery lookups, seconds apart
 LOAD_SECONDS = 20.0  # callers start within this; faults and crashes end at its end
@@ -346,7 +344,8 @@ class World:
     def call(
         self, name: str, request: Any, command: Callable[[Payments], Payment], caller: Caller
     ) -> Any:
-        """Calls a live replica as a gRPC client would: a crash or a retryable error is
+        """Calls a live replica as payorch-client would: a crash (UNAVAILABLE) or an error the
+        client retries (its own ``retryable``, over the status the server would send) is
         retried with the same key after a pause; returns the payment or the final error."""
         sched = self.scheduler
         for _ in range(40):
@@ -363,13 +362,12 @@ class World:
                 sched.bind(before)
                 sched.sleep(self.rng.uniform(0.05, 1.0))  # UNAVAILABLE: the connection died
                 continue
-            except RETRYABLE as e:
-                sched.bind(before)
-                sched.sleep(min(max(e.retry_after or 0.1, 0.05), 2.0))
-                continue
             except DomainError as e:
                 sched.bind(before)
-                return e
+                if not retryable(_refusal(e)):
+                    return e
+                sched.sleep(min(max(getattr(e, "retry_after", None) or 0.1, 0.05), 2.0))
+                continue
             sched.bind(before)
             if replica.app.owner(payment) != caller.account:
                 self.leaks.append(
@@ -597,3 +595,11 @@ def summary(payment: Payment) -> tuple[Any, ...]:
 
 def request_fingerprint(request: Any) -> str:
     return fingerprint(request.name, request.validated().parameters())
+
+
+def _refusal(error: DomainError) -> Refusal:
+    """What payorch-client would see of ``error``: the server's code, reason and RetryInfo."""
+    return Refusal(
+        status_code_for(error), error.message, error.reason, error.metadata,
+        getattr(error, "retry_after", None),
+    )  # fmt: skip
