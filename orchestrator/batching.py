@@ -41,9 +41,6 @@ from typing import Any
 from eventsourcing.persistence import StoredEvent, Tracking
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore
-from psycopg import Cursor
-from psycopg.rows import DictRow
-from psycopg.sql import SQL, Identifier
 
 from orchestrator.audit.chain import ChainedPostgresRecorder, ChainedSQLiteRecorder
 
@@ -214,10 +211,8 @@ class GroupCommitSQLiteRecorder(ChainedSQLiteRecorder):
 
 
 class GroupCommitPostgresRecorder(ChainedPostgresRecorder):
-    """The chained PostgreSQL recorder, its saves grouped. A batch is one transaction of
-    three statements: lock the table, announce (NOTIFY) and read the chain's head, in one
-    round trip; insert the links and the events in one statement; commit. Few statements,
-    because each costs Python work (psycopg's) while the table is locked."""
+    """The chained PostgreSQL recorder, its saves grouped: a batch is one transaction of
+    the chained recorder's three statements (``insert_in_one_transaction``)."""
 
     def __init__(
         self,
@@ -230,51 +225,14 @@ class GroupCommitPostgresRecorder(ChainedPostgresRecorder):
             datastore, events_table_name=events_table_name, tracking_table_name=tracking_table_name
         )
         self.group = GroupCommit(self._insert_together, self._insert_alone)
-        notify = SQL("NOTIFY {}").format(Identifier(self.channel_name))
-        self.lock_and_read_head = SQL("; ").join(
-            [*self.lock_table_statements, notify, self.chain_sql.head]
-        )
-        # insert_events_statement ends with RETURNING notification_id: in the events' order.
-        self.insert_links_and_events = SQL("WITH links AS ({}) {}").format(
-            self.insert_links_statement, self.insert_events_statement
-        )
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Ids:
         if not batchable(kwargs):
-            ids: Ids = super().insert_events(stored_events, **kwargs)
-            return ids
+            return super().insert_events(stored_events, **kwargs)
         return self.group.save(Save(stored_events, kwargs.get("tracking")))
 
     def _insert_alone(self, save: Save) -> Ids:
-        ids: Ids = super().insert_events(save.events, tracking=save.tracking)
-        return ids
+        return super().insert_events(save.events, tracking=save.tracking)
 
     def _insert_together(self, saves: Sequence[Save]) -> list[Ids]:
-        events = _events(saves)
-        ids: list[int] | None = None
-        with (
-            self.datastore.get_connection() as conn,
-            conn.transaction(),
-            conn.cursor() as curs,
-        ):
-            if events:
-                ids = self._write_events(curs, events)
-            for tracking in _trackings(saves):
-                self._insert_tracking(curs, tracking)
-        return split(ids, saves)
-
-    def _write_events(self, curs: Cursor[DictRow], events: Sequence[StoredEvent]) -> list[int]:
-        """The events and their links, inside the batch's transaction; their ids."""
-        # Under the table lock, which every writer of the events (ours and eventsourcing's)
-        # takes: the head read here stays the head until this transaction ends.
-        curs.execute(self.lock_and_read_head)
-        while curs.nextset():  # to the last statement's result: the head
-            pass
-        links = self._next_links(curs.fetchone(), events)
-        stored = [
-            self.construct_pg_stored_event(e.originator_id, e.originator_version, e.topic, e.state)
-            for e in events
-        ]
-        columns = [list(column) for column in zip(*links, strict=True)]
-        curs.execute(self.insert_links_and_events, [*columns, stored])
-        return [row["notification_id"] for row in curs.fetchall()]
+        return split(self.insert_in_one_transaction(_events(saves), _trackings(saves)), saves)

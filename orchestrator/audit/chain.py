@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import StoredEvent, Tracking
 from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
 from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore, SQLiteProcessRecorder
 from psycopg import Cursor
@@ -305,6 +305,17 @@ class ChainedPostgresRecorder(PostgresProcessRecorder, ChainedRecorder):
             "INSERT INTO {chain} SELECT * FROM unnest("
             "%s::bigint[], %s::{id_type}[], %s::bigint[], %s::bytea[], %s::bytea[])"
         ).format(**names)
+        # A save is three statements: lock the table, announce (NOTIFY) and read the
+        # chain's head, in one round trip; insert the links and the events in one statement;
+        # commit. Few statements, because each costs Python work (psycopg's) under the lock.
+        notify = SQL("NOTIFY {}").format(Identifier(self.channel_name))
+        self.lock_and_read_head = SQL("; ").join(
+            [*self.lock_table_statements, notify, self.chain_sql.head]
+        )
+        # insert_events_statement ends with RETURNING notification_id: in the events' order.
+        self.insert_links_and_events = SQL("WITH links AS ({}) {}").format(
+            self.insert_links_statement, self.insert_events_statement
+        )
         self.sql_create_statements.append(
             SQL(
                 "CREATE TABLE IF NOT EXISTS {chain} ("
@@ -324,6 +335,52 @@ class ChainedPostgresRecorder(PostgresProcessRecorder, ChainedRecorder):
             self._lock_table(curs)
             self._append_links(curs, stored_events)
         super()._insert_events(curs, stored_events, **kwargs)
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """In one plain transaction, not in eventsourcing's psycopg pipeline. There, a
+        duplicate's save failed first on a statement before the events' insert (its chain
+        link's or its tracking's uniqueness), and the caller got "pipeline aborted", an
+        OperationalError that eventsourcing retried ten times, instead of the IntegrityError
+        that tells a duplicate it lost and must read the winner's result."""
+        if set(kwargs) - {"tracking"}:
+            ids: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
+            return ids
+        tracking: Tracking | None = kwargs.get("tracking")
+        return self.insert_in_one_transaction(stored_events, [tracking] if tracking else [])
+
+    def insert_in_one_transaction(
+        self, events: Sequence[StoredEvent], trackings: Sequence[Tracking]
+    ) -> list[int] | None:
+        """Events (with their links) and trackings in one transaction: the events' ids."""
+        ids: list[int] | None = None
+        with (
+            self.datastore.get_connection() as conn,
+            conn.transaction(),
+            conn.cursor() as curs,
+        ):
+            if events:
+                ids = self._write_events(curs, events)
+            for tracking in trackings:
+                self._insert_tracking(curs, tracking)
+        return ids
+
+    def _write_events(self, curs: Cursor[DictRow], events: Sequence[StoredEvent]) -> list[int]:
+        """The events and their links, in the caller's transaction; their ids, in order."""
+        # Under the table lock, which every writer of the events (ours and eventsourcing's)
+        # takes: the head read here stays the head until this transaction ends.
+        curs.execute(self.lock_and_read_head)
+        while curs.nextset():  # to the last statement's result: the head
+            pass
+        links = self._next_links(curs.fetchone(), events)
+        stored = [
+            self.construct_pg_stored_event(e.originator_id, e.originator_version, e.topic, e.state)
+            for e in events
+        ]
+        columns = [list(column) for column in zip(*links, strict=True)]
+        curs.execute(self.insert_links_and_events, [*columns, stored])
+        return [row["notification_id"] for row in curs.fetchall()]
 
     def _insert_links(self, cursor: Any, links: list[tuple[Any, ...]]) -> None:
         if len(links) == 1:
