@@ -261,7 +261,8 @@ class PaymentListing:
     def clear(self) -> None:
         """Forgets every row and the position, together: the next pass rebuilds from the log."""
         self.create_table()
-        tracking = self.recorder.tracking_table_name
+        # eventsourcing's SQLite recorder names its tracking table "tracking", always.
+        tracking = getattr(self.recorder, "tracking_table_name", "tracking")
         if self.postgres:
             tracking = f'"{self.datastore.schema}"."{tracking}"'
         with self.datastore.transaction(commit=True) as cursor:
