@@ -4,21 +4,36 @@ themselves (GetPayment, the event log), never to what the listing said before.""
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from adapters.sandbox import SandboxServer
 from orchestrator import listing
 from orchestrator.api._generated import payments_pb2 as pb
-from orchestrator.listing import ListingProjector, from_micros, micros, rebuild
+from orchestrator.application import Payments
+from orchestrator.bootstrap import build_payments, load_router
+from orchestrator.domain.payment import Payment
+from orchestrator.listing import (
+    ListingProjector,
+    PaymentRow,
+    from_micros,
+    micros,
+    rebuild,
+    row_of,
+)
 from tests.e2e.helpers import create_request, error_reason
+from tests.e2e.processes import ServerProcess
 from tests.e2e.test_accounts import Served, as_
 from tests.e2e.test_accounts import served as served_fixture  # noqa: F401 (registers `served`)
 
@@ -264,3 +279,81 @@ def test_rebuild_and_replicas_racing_give_the_same_rows(
     assert app.listing.rows() == before
     assert app.listing.position() == head
     assert app.listing.lag() == 0
+
+
+def truth_from_the_log(app: Payments) -> list[PaymentRow]:
+    """Every payment the log holds, each read whole: what the listing must show."""
+    ids = {
+        event.originator_id
+        for page in app.event_pages()
+        for _, event in page
+        if isinstance(event, Payment.Requested)
+    }
+    return sorted((row_of(app, app.get_payment(pid)) for pid in ids), key=lambda r: r.payment_id)
+
+
+def test_the_listing_catches_up_after_a_kill_9_mid_stream_with_no_row_lost_or_doubled(
+    database_url: str, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    first = ServerProcess(database_url, sandbox.url, tmp_path / "first.log")
+    second: ServerProcess | None = None
+    app = build_payments(database_url, load_router(None, sandbox.url))
+    stop = threading.Event()
+    created: list[str] = []
+    try:
+        first.wait_listening()
+        channel, stub = first.stub()
+
+        def write(writer: int) -> None:
+            i = 0
+            while not stop.is_set():
+                request = create_request(f"crash-{writer}-{i}", reference=f"ref-{i % 3}")
+                with contextlib.suppress(grpc.RpcError):  # killed under this call
+                    created.append(stub.CreatePayment(request, timeout=5).payment_id)
+                i += 1
+
+        writers = [threading.Thread(target=write, args=(w,)) for w in range(4)]
+        for thread in writers:
+            thread.start()
+        # Kill it while it writes, once its projector has recorded some rows (mid-stream).
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (len(created) < 80 or not app.listing.position()):
+            time.sleep(0.05)
+        first.kill()
+        stop.set()
+        for thread in writers:
+            thread.join(30)
+        channel.close()
+        assert len(created) >= 80
+        behind_at_kill = app.listing.lag()
+
+        second = ServerProcess(database_url, sandbox.url, tmp_path / "second.log")
+        second.wait_listening()
+        channel, stub = second.stub()
+        for i in range(30):
+            stub.CreatePayment(create_request(f"after-{i}", reference=f"ref-{i % 3}"), timeout=10)
+        deadline = time.monotonic() + 60
+        while True:
+            truth, rows = truth_from_the_log(app), app.listing.rows()
+            if rows == truth or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert rows == truth, f"{behind_at_kill} behind at the kill"
+        assert len(truth) >= 110
+        assert {str(r.payment_id) for r in truth} >= set(created)
+        pages = []
+        token = ""
+        while True:
+            page = stub.ListPayments(pb.ListPaymentsRequest(page_size=40, page_token=token))
+            pages.extend(p.payment_id for p in page.payments)
+            if not (token := page.next_page_token):
+                break
+        newest_first = sorted(truth, key=lambda r: (r.created_at, r.payment_id), reverse=True)
+        assert pages == [str(r.payment_id) for r in newest_first]
+        channel.close()
+    finally:
+        stop.set()
+        first.kill()
+        if second is not None:
+            second.stop()
+        app.close()
