@@ -5,6 +5,8 @@ themselves (GetPayment, the event log), never to what the listing said before.""
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -357,3 +359,39 @@ def test_the_listing_catches_up_after_a_kill_9_mid_stream_with_no_row_lost_or_do
         if second is not None:
             second.stop()
         app.close()
+
+
+def admin(command: str, database_url: str) -> str:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "admin",
+            command,
+            "--database-url",
+            database_url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_payorch_admin_rebuild_listing_gives_the_same_rows_and_status_says_it_caught_up(
+    served: Served, truth: Truth, database_url: str
+) -> None:
+    app = served.app
+    before = app.listing.rows()
+    with app.listing.datastore.transaction(commit=True) as cursor:  # a row gone wrong
+        cursor.execute(f"UPDATE {app.listing.name} SET status = 'failed', version = 99")
+    assert app.listing.rows() != before
+    printed = admin("rebuild-listing", database_url)
+    assert "rebuilt the payment listing: 240 payments" in printed
+    assert app.listing.rows() == before
+    assert "0 behind the log's head" in admin("listing-status", database_url)
+    served.stub.CreatePayment(create_request("one-more"), metadata=as_(SHOP))
+    assert "0 behind" not in admin("listing-status", database_url)
