@@ -249,12 +249,14 @@ class PaymentListing:
         head: int = self.recorder.max_notification_id() or 0
         return max(head - self.position(), 0)
 
-    def record(self, rows: Sequence[PaymentRow], reached: int) -> None:
+    def record(self, rows: Sequence[PaymentRow], reached: int | None) -> None:
         """The rows and the position they reach, in one transaction. Raises IntegrityError if
-        the position is already at or past ``reached`` (another replica's pass)."""
+        the position is already at or past ``reached`` (another replica's pass). Without
+        ``reached``, the rows alone (a rebuild behind the position)."""
         values = [self._values(row) for row in sorted(rows, key=lambda r: r.payment_id)]
         with self.datastore.transaction(commit=True) as cursor:
-            self.recorder._insert_tracking(cursor, Tracking(TRACKING_NAME, reached))
+            if reached is not None:
+                self.recorder._insert_tracking(cursor, Tracking(TRACKING_NAME, reached))
             if values:
                 cursor.executemany(self.upsert, values)
 
@@ -361,9 +363,13 @@ class ListingProjector(BackgroundLoop):
         self.behind = max((self.app.recorder.max_notification_id() or 0) - head, 0)
         return written
 
-    def catch_up(self, head: int) -> int:
+    def catch_up(self, head: int, *, rebuilding: bool = False) -> int:
+        """Applies every payment event after the position up to ``head``; returns how many
+        rows it wrote. ``rebuilding`` starts from the log's first event whatever the position
+        says: a replica's pass begun before the rebuild cleared the table may commit its
+        position after it, past rows it never wrote, and the rebuild must write those."""
         self.listing.create_table()
-        position, written = self.listing.position(), 0
+        position, written = 0 if rebuilding else self.listing.position(), 0
         while position < head and not self.stopping:
             page = self.app.recorder.select_notifications(
                 start=position, limit=PAGE, stop=head, topics=TOPICS,
@@ -380,6 +386,11 @@ class ListingProjector(BackgroundLoop):
                 written += len(rows)
                 position = reached
             except IntegrityError:
+                if rebuilding:  # the position is past this stretch: its rows still count
+                    self.listing.record(rows, None)
+                    written += len(rows)
+                    position = reached
+                    continue
                 # Another replica recorded this stretch (or more) meanwhile: its rows are ours.
                 position = self.listing.position()
                 if position < reached:
@@ -403,4 +414,4 @@ def rebuild(app: Payments) -> int:
     Safe while servers run: their projectors start over too and write the same rows."""
     app.listing.clear()
     projector = ListingProjector(app)
-    return projector.catch_up(app.recorder.max_notification_id() or 0)
+    return projector.catch_up(app.recorder.max_notification_id() or 0, rebuilding=True)
