@@ -238,6 +238,9 @@ def test_bad_page_tokens_and_bad_filters_are_refused_with_a_reason(
         grpc.StatusCode[bad], "INVALID_CREATED_RANGE",
     )  # fmt: skip
     assert refused(ask(reference="x" * 201)) == (grpc.StatusCode[bad], "INVALID_FILTER")
+    assert refused(ask(created_after=Timestamp(seconds=10**15))) == (
+        grpc.StatusCode[bad], "INVALID_CREATED_RANGE",
+    )  # fmt: skip
     # The token still works with its own filter: the next page, then the rest.
     rest = served.stub.ListPayments(
         pb.ListPaymentsRequest(page_size=1000, reference="order-a", page_token=token),
