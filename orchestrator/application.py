@@ -56,6 +56,7 @@ from orchestrator.domain.payment import (
 )
 from orchestrator.domain.reference import ProviderReference, reference_id
 from orchestrator.encryption import CIPHER_TOPIC
+from orchestrator.listing import ListingPage, PaymentFilter, PaymentListing
 from orchestrator.ports import (
     OperationKind,
     OutcomeStatus,
@@ -150,6 +151,7 @@ class Payments(Application[UUID]):
         self.recovery_schedule = tuple(recovery_schedule)
         self.recovery_stats = Stats()
         self.results = ResultCache(result_cache_size)  # definite answers: replays read nothing
+        self.listing = PaymentListing(self.recorder)  # kept by ListingProjector
 
     def construct_recorder(self) -> ProcessRecorder:
         # A process recorder: the application recorder plus a tracking table, so that what
@@ -217,6 +219,13 @@ class Payments(Application[UUID]):
             if len(batch) < page:
                 return
             position = batch[-1][0]
+
+    def list_payments(
+        self, where: PaymentFilter, *, account: str, page_size: int = 0, page_token: str = ""
+    ) -> ListingPage:
+        """The account's payments that match, newest first, from the listing (eventually
+        consistent: see ``orchestrator.listing``)."""
+        return self.listing.search(account, where, page_size=page_size, page_token=page_token)
 
     def payment_events(
         self, payment_id: str, *, account: str | None = None

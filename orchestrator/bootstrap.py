@@ -20,6 +20,7 @@ from orchestrator.api.server import DEFAULT_WORKERS
 from orchestrator.api.trust import AuthSettings, TlsSettings, read_trust
 from orchestrator.application import DEFAULT_RECOVERY_SCHEDULE, Payments
 from orchestrator.encryption import KeyedAESCipher
+from orchestrator.listing import DEFAULT_INTERVAL as DEFAULT_LISTING_INTERVAL
 from orchestrator.ports import PaymentProvider, WebhookVerifier
 from orchestrator.resilience.breaker import BreakerPolicy, CircuitBreaker
 from orchestrator.resilience.bulkhead import Bulkhead, BulkheadPolicy
@@ -103,6 +104,7 @@ class Configuration:
     stats: Stats  # what the resilient layer did, across every provider
     tls: TlsSettings | None = None  # [grpc.tls]
     auth: AuthSettings | None = None  # [auth]: None, every call is anonymous
+    listing_interval: float = DEFAULT_LISTING_INTERVAL  # [listing] interval: seconds
 
 
 def load_configuration(
@@ -138,9 +140,13 @@ def load_configuration(
     }
     routes = {str(key): list(names) for key, names in config.get("routes", {}).items()}
     tls, auth = read_trust(config, Path(config_path).parent)
+    listing = float(config.get("listing", {}).get("interval", DEFAULT_LISTING_INTERVAL))
+    if listing <= 0:
+        raise ValueError("[listing] interval must be positive")
     return Configuration(
-        Router(providers, routes), _recovery(config.get("recovery", {})), stats, tls, auth
-    )
+        Router(providers, routes), _recovery(config.get("recovery", {})), stats, tls, auth,
+        listing,
+    )  # fmt: skip
 
 
 def load_router(config_path: str | None, sandbox_url: str | None) -> Router:

@@ -1,4 +1,4 @@
-"""``payorch serve``, ``payorch sandbox`` and ``payorch audit``."""
+"""``payorch serve``, ``payorch sandbox``, ``payorch audit`` and ``payorch admin``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
@@ -36,6 +37,7 @@ from orchestrator.bootstrap import (
 )
 from orchestrator.domain.errors import InvalidArgument, PaymentNotFound
 from orchestrator.encryption import KEYS_VARIABLE, encryption_configured, missing_key
+from orchestrator.listing import ListingProjector, rebuild
 from orchestrator.recovery import RecoveryWorker
 from orchestrator.routing import Router
 from orchestrator.secrets import Secret
@@ -79,6 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     _add_audit_commands(commands)
+    admin = commands.add_parser("admin", help="operator tools that change derived state")
+    admin_actions = admin.add_subparsers(dest="admin_command", required=True)
+    for name, text in (
+        ("rebuild-listing", "forget the payment listing and build it again from the event log"),
+        ("listing-status", "how far the payment listing is behind the event log"),
+    ):
+        action = admin_actions.add_parser(name, help=text)
+        action.add_argument("--database-url", help="env PAYORCH_DATABASE_URL")
     auth = commands.add_parser("auth", help="caller authentication helpers")
     auth_actions = auth.add_subparsers(dest="auth_command", required=True)
     auth_actions.add_parser(
@@ -95,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.command == "audit":
         return run_audit(args)
+    if args.command == "admin":
+        return run_admin(args)
     if args.command == "auth":
         return hash_token_from_stdin()
     if args.command == "sandbox":
@@ -203,6 +215,29 @@ def run_audit(args: argparse.Namespace) -> int:
             raise
         print(f"payorch audit {args.audit_command}: {missing}", file=sys.stderr)
         return 2
+    finally:
+        app.close()
+
+
+def run_admin(args: argparse.Namespace) -> int:
+    database_url = Settings.from_env(database_url=args.database_url).database_url
+    try:
+        app = _read_only_payments(database_url)
+    except (OSError, ValueError) as e:
+        print(f"payorch admin: cannot open the event store: {e}", file=sys.stderr)
+        return 2
+    try:
+        if args.admin_command == "rebuild-listing":
+            started = time.monotonic()
+            rebuild(app)
+            print(f"rebuilt the payment listing: {len(app.listing.rows()):,} payments, "
+                  f"log position {app.listing.position()}, "
+                  f"{time.monotonic() - started:.1f} s")  # fmt: skip
+            return 0
+        app.listing.create_table()
+        print(f"payment listing at log position {app.listing.position()}, "
+              f"{app.listing.lag()} behind the log's head")  # fmt: skip
+        return 0
     finally:
         app.close()
 
@@ -347,11 +382,12 @@ def serve_forever(settings: Settings) -> int:
         )
     recovery = RecoveryWorker(app, interval=config.recovery.interval).start()
     webhooks = WebhookProcessor(app).start()
+    listing = ListingProjector(app, interval=config.listing_interval).start()
     stop.wait()
     http.stop()
     server.stop(grace=10)
-    webhooks.stop()
-    recovery.stop()
+    for worker in (webhooks, recovery, listing):
+        worker.stop()
     app.close()
     if sandbox is not None:
         sandbox.stop()

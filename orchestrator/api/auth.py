@@ -39,6 +39,7 @@ METHOD_ROLES = {
     "RefundPayment": PAYMENTS_WRITE,
     "GetPayment": PAYMENTS_READ,
     "ListPaymentEvents": PAYMENTS_READ,
+    "ListPayments": PAYMENTS_READ,
     "StreamEvents": EVENTS_STREAM,
 }
 STREAMS = frozenset({"StreamEvents"})  # methods that hold a stream slot while they run

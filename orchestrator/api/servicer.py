@@ -8,7 +8,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import grpc
@@ -24,6 +24,7 @@ from orchestrator.commands import CancelPayment, CapturePayment, CreatePayment, 
 from orchestrator.domain.errors import DomainError, InvalidArgument
 from orchestrator.domain.payment import CaptureMode as DomainCaptureMode
 from orchestrator.domain.payment import Kind, Operation, OpStatus, Payment, Status
+from orchestrator.listing import PaymentFilter, PaymentRow
 from orchestrator.results import DEFAULT_SIZE
 
 log = logging.getLogger("payorch.api")
@@ -47,6 +48,7 @@ _STATUSES = {
     Status.DISPUTED: pb.PAYMENT_STATUS_DISPUTED,
     Status.CHARGED_BACK: pb.PAYMENT_STATUS_CHARGED_BACK,
 }
+_STATUSES_IN = {value: status for status, value in _STATUSES.items()}
 _KINDS = {
     Kind.AUTHORIZE: pb.OPERATION_KIND_AUTHORIZE,
     Kind.CAPTURE: pb.OPERATION_KIND_CAPTURE,
@@ -133,6 +135,23 @@ class PaymentOrchestratorServicer(payments_pb2_grpc.PaymentOrchestratorServicer)
 
         return _answer(context, events)
 
+    def ListPayments(  # noqa: N802
+        self, request: pb.ListPaymentsRequest, context: grpc.ServicerContext
+    ) -> pb.ListPaymentsResponse:
+        def page() -> pb.ListPaymentsResponse:
+            found = self.app.list_payments(
+                _filter(request),
+                account=_account(),
+                page_size=request.page_size,
+                page_token=request.page_token,
+            )
+            return pb.ListPaymentsResponse(
+                payments=[summary_to_proto(row) for row in found.rows],
+                next_page_token=found.next_page_token,
+            )
+
+        return _answer(context, page)
+
     def StreamEvents(  # noqa: N802
         self, request: pb.StreamEventsRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.StreamedEvent]:
@@ -195,6 +214,36 @@ class RenderedAnswers:
                 while len(self._entries) > self.maxsize:
                     self._entries.popitem(last=False)
         return message
+
+
+def _filter(request: pb.ListPaymentsRequest) -> PaymentFilter:
+    status = None
+    if request.status != pb.PAYMENT_STATUS_UNSPECIFIED:
+        status = _STATUSES_IN.get(request.status)
+        if status is None:
+            raise InvalidArgument(
+                "status", f"unknown status {request.status}", reason="INVALID_STATUS"
+            )
+    return PaymentFilter(
+        reference=request.reference,
+        status=status,
+        provider=request.provider,
+        region=request.region,
+        created_from=_instant(request, "created_after"),
+        created_before=_instant(request, "created_before"),
+    )
+
+
+def _instant(request: pb.ListPaymentsRequest, name: str) -> datetime | None:
+    if not request.HasField(name):
+        return None
+    stamp: Timestamp = getattr(request, name)
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(
+            name, f"{name} is not a valid time", reason="INVALID_CREATED_RANGE"
+        ) from None
 
 
 def _scope(context: grpc.ServicerContext) -> str:
@@ -266,6 +315,21 @@ def to_proto(payment: Payment) -> pb.Payment:
         capture_mode=_MODES_OUT[payment.capture_mode],
         operations=[_operation_to_proto(op) for op in payment.operations],
         charged_back_amount=payment.charged_back_amount,
+    )
+
+
+def summary_to_proto(row: PaymentRow) -> pb.PaymentSummary:
+    return pb.PaymentSummary(
+        payment_id=str(row.payment_id),
+        status=_STATUSES[row.status],
+        amount=row.amount,
+        currency=row.currency,
+        region=row.region,
+        provider=row.provider,
+        reference=row.reference,
+        version=row.version,
+        created_at=_timestamp(row.created_at),
+        updated_at=_timestamp(row.updated_at),
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from orchestrator.audit.verify import verify
 from orchestrator.domain.payment import Payment, Status
+from orchestrator.listing import ListingProjector, row_of
 from orchestrator.ports import OutcomeStatus
 from tests.simulation.world import SCHEDULE, World, request_fingerprint
 
@@ -43,6 +44,7 @@ def check(world: World) -> list[str]:
     problems += world.leaks
     problems += _accounts_kept_apart(world)
     problems += _outbound_limits_held(world)
+    problems += _listing_matches_the_log(world, [p for p, _ in payments])
     report = verify(world.store, world.any_app().mapper)
     problems += [f"audit verify: {finding.line()}" for finding in report.findings]
     return problems
@@ -76,6 +78,23 @@ def _outbound_limits_held(world: World) -> list[str]:
                         f"(max_calls_per_second = {rate:g})"
                     )
                     break
+    return problems
+
+
+def _listing_matches_the_log(world: World, payments: list[Payment]) -> list[str]:
+    """The listing, which the replicas' projectors kept through crashes and races, brought to
+    the log's head by one more pass, has exactly one row per payment, as the payment is."""
+    app = world.any_app()
+    if app.listing.position() == 0:
+        return ["listing: no projector pass ever completed"]
+    ListingProjector(app).catch_up(app.recorder.max_notification_id() or 0)
+    rows = {row.payment_id: row for row in app.listing.rows()}
+    problems = []
+    for payment in payments:
+        row = rows.pop(payment.id, None)
+        if row != row_of(app, payment):
+            problems.append(f"payment {payment.id}: listed as {row}, is v{payment.version}")
+    problems += [f"listing: row of no payment {pid}" for pid in rows]
     return problems
 
 

@@ -33,6 +33,7 @@ from orchestrator.domain.errors import (
 )
 from orchestrator.domain.payment import Payment, Status
 from orchestrator.encryption import KeyedAESCipher
+from orchestrator.listing import ListingProjector
 from orchestrator.recovery import RecoveryWorker
 from orchestrator.resilience.provider import Stats
 from orchestrator.resilience.retry import full_jitter
@@ -219,7 +220,14 @@ class Replica:
         self.intake = WebhookIntake(self.app, webhook_verifiers(router), clock=sched.wall)
         self.recovery = RecoveryWorker(self.app, interval=0.5)
         self.consumer = WebhookProcessor(self.app, interval=0.5)
-        for name, loop in (("recovery", self.recovery), ("webhooks", self.consumer)):
+        # The listing's projector: its reads are crash points, so replicas crash mid-pass and
+        # race each other's passes (invariants: _listing_matches_the_log).
+        self.listing = ListingProjector(self.app, interval=0.5)
+        for name, loop in (
+            ("recovery", self.recovery),
+            ("webhooks", self.consumer),
+            ("listing", self.listing),
+        ):
             sched.spawn(
                 f"{host.name}.{name}",
                 _forever(sched, loop.run_once, loop.interval),

@@ -154,6 +154,7 @@ def test_the_readme_configuration_example_loads(
     ]
     assert [r.provider.name for r in config.router.candidates("IN", "INR")] == ["razorpay-in"]
     assert config.recovery.schedule[0] == 60
+    assert config.listing_interval == 0.5
     stripe = config.router.route("stripe-us")
     assert stripe.timeout == 10.0 and stripe.breaker is not None
     assert stripe.breaker.policy.failure_threshold == 5
@@ -344,3 +345,17 @@ def test_outbound_limits_that_mean_nothing_are_refused_naming_the_provider(
     path = _configuration_file(tmp_path, SANDBOX_TABLE + setting + "\n")
     with pytest.raises(ValueError, match=f"provider 'sandbox-eu': {message}"):
         load_router(path, None)
+
+
+def test_the_listing_interval_comes_from_the_file_and_must_be_positive(tmp_path: Path) -> None:
+    from orchestrator.bootstrap import load_configuration
+
+    path = tmp_path / "providers.toml"
+    base = '[providers.sandbox]\nbase_url = "http://127.0.0.1:1"\n[routes]\n"*" = ["sandbox"]\n'
+    path.write_text(base + "[listing]\ninterval = 2.5\n")
+    assert load_configuration(str(path), None).listing_interval == 2.5
+    path.write_text(base)
+    assert load_configuration(str(path), None).listing_interval == 0.5
+    path.write_text(base + "[listing]\ninterval = 0\n")
+    with pytest.raises(ValueError, match=r"\[listing\] interval"):
+        load_configuration(str(path), None)

@@ -69,6 +69,11 @@ class PaymentOrchestratorStub:
                 request_serializer=payments_dot_v1_dot_payments__pb2.StreamEventsRequest.SerializeToString,
                 response_deserializer=payments_dot_v1_dot_payments__pb2.StreamedEvent.FromString,
                 _registered_method=True)
+        self.ListPayments = channel.unary_unary(
+                '/payments.v1.PaymentOrchestrator/ListPayments',
+                request_serializer=payments_dot_v1_dot_payments__pb2.ListPaymentsRequest.SerializeToString,
+                response_deserializer=payments_dot_v1_dot_payments__pb2.ListPaymentsResponse.FromString,
+                _registered_method=True)
 
 
 class PaymentOrchestratorServicer:
@@ -124,6 +129,15 @@ class PaymentOrchestratorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPayments(self, request, context):
+        """The caller's payments that match a filter, newest first, a page at a time (AIP-158).
+        Eventually consistent: a payment appears, or shows its new status, about half a second
+        after it changes (the listing's poll interval); GetPayment is always current.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PaymentOrchestratorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +175,11 @@ def add_PaymentOrchestratorServicer_to_server(servicer, server):
                     servicer.StreamEvents,
                     request_deserializer=payments_dot_v1_dot_payments__pb2.StreamEventsRequest.FromString,
                     response_serializer=payments_dot_v1_dot_payments__pb2.StreamedEvent.SerializeToString,
+            ),
+            'ListPayments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPayments,
+                    request_deserializer=payments_dot_v1_dot_payments__pb2.ListPaymentsRequest.FromString,
+                    response_serializer=payments_dot_v1_dot_payments__pb2.ListPaymentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -352,6 +371,33 @@ class PaymentOrchestrator:
             '/payments.v1.PaymentOrchestrator/StreamEvents',
             payments_dot_v1_dot_payments__pb2.StreamEventsRequest.SerializeToString,
             payments_dot_v1_dot_payments__pb2.StreamedEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPayments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/payments.v1.PaymentOrchestrator/ListPayments',
+            payments_dot_v1_dot_payments__pb2.ListPaymentsRequest.SerializeToString,
+            payments_dot_v1_dot_payments__pb2.ListPaymentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

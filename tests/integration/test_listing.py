@@ -1,0 +1,99 @@
+"""The listing's projector against the real stores (SQLite and PostgreSQL): payments saved
+through the application in memory (no provider), projected, raced and rebuilt."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+
+import pytest
+
+from orchestrator.application import Payments
+from orchestrator.bootstrap import build_payments
+from orchestrator.domain.payment import Cause, Payment
+from orchestrator.listing import ListingProjector, PaymentListing, PaymentRow, rebuild, row_of
+from orchestrator.routing import Router
+
+
+@pytest.fixture
+def app(database_url: str) -> Iterator[Payments]:
+    made = build_payments(database_url, Router({}, {}))
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def save_payments(app: Payments, count: int, *, captured: bool = True) -> list[Payment]:
+    deadline = datetime.now(UTC) + timedelta(seconds=5)
+    made = []
+    for n in range(count):
+        cause = Cause("default", f"k-{uuid4().hex}")
+        payment = Payment(
+            id=uuid4(), amount=100 + n, currency="USD", payment_method="pm_card_visa",
+            region="US", capture_mode="manual", reference=f"order-{n}", metadata={},
+            scope="default", idempotency_key=cause.idempotency_key, caused_by=cause.as_data(),
+            account="shop",
+        )  # fmt: skip
+        payment.start_authorization(provider="sandbox", deadline=deadline, cause=cause)
+        payment.record_success(1, provider_reference="p", amount=payment.amount, caused_by=cause)
+        if captured:
+            payment.start_capture(None, deadline=deadline, cause=cause)
+        made.append(payment)
+    app.save(*made)
+    return made
+
+
+def truth(app: Payments, payments: list[Payment]) -> list[PaymentRow]:
+    rows = [row_of(app, app.get_payment(p.id)) for p in payments]
+    return sorted(rows, key=lambda r: r.payment_id)
+
+
+def head(app: Payments) -> int:
+    return app.recorder.max_notification_id() or 0
+
+
+def test_a_payment_changed_across_passes_is_replayed_from_the_store(app: Payments) -> None:
+    payments = save_payments(app, 5, captured=False)
+    ListingProjector(app).catch_up(head(app))
+    assert app.listing.rows() == truth(app, payments)
+    for payment in payments[:3]:  # their next events land in a later pass than their first
+        payment.start_capture(None, deadline=datetime.now(UTC), cause=Cause("default", "c"))
+    app.save(*payments[:3])
+    ListingProjector(app).catch_up(head(app))
+    rows = app.listing.rows()
+    assert rows == truth(app, payments)
+    assert sorted(r.version for r in rows) == [3, 3, 4, 4, 4]
+
+
+def test_a_rebuild_writes_the_rows_a_stale_pass_skipped_when_it_committed_after_the_clear(
+    app: Payments, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = save_payments(app, 10)
+    ListingProjector(app).catch_up(head(app))
+    second = save_payments(app, 10)
+    # A replica's pass over the second batch, computed before the rebuild cleared the table
+    # and committed just after it: the position jumps past the first batch's events.
+    stale = [row_of(app, app.get_payment(p.id)) for p in second]
+    cleared = PaymentListing.clear
+
+    def clear_then_stale_commit(listing: PaymentListing) -> None:
+        cleared(listing)
+        listing.record(stale, head(app))
+
+    monkeypatch.setattr(PaymentListing, "clear", clear_then_stale_commit)
+    rebuild(app)
+    assert app.listing.rows() == truth(app, first + second)
+    assert app.listing.position() == head(app)
+
+
+def test_a_row_never_goes_back_to_an_older_version(app: Payments) -> None:
+    payments = save_payments(app, 3, captured=False)
+    older = [row_of(app, app.get_payment(p.id)) for p in payments]
+    for payment in payments:
+        payment.start_capture(None, deadline=datetime.now(UTC), cause=Cause("default", "c"))
+    app.save(*payments)
+    ListingProjector(app).catch_up(head(app))
+    app.listing.record(older, None)  # a slower replica's pass, committed last
+    assert app.listing.rows() == truth(app, payments)
