@@ -51,6 +51,13 @@ class Actor:
     error: BaseException | None = None
     crash_points: bool = True  # whether its waits may crash its host
     tags: dict[str, Any] = field(default_factory=dict)
+    incarnation: int = 0  # of its host when it was spawned on it, or bound to it
+
+    def gone(self) -> bool:
+        """Its replica crashed: down now, or restarted since as another incarnation."""
+        return self.host is not None and (
+            not self.host.alive or self.host.incarnation != self.incarnation
+        )
 
 
 class Scheduler:
@@ -67,6 +74,9 @@ class Scheduler:
         self.failures: list[tuple[str, BaseException]] = []
         # (replica, when, when its wait would have ended): actors that crashed their replica
         self.died_before_waits: list[tuple[str, float, float]] = []
+        # (replica, when): actors spawned for an incarnation that crashed before they started,
+        # and that its next incarnation would have run
+        self.never_started: list[tuple[str, float]] = []
 
     # --- time -------------------------------------------------------------------------
 
@@ -97,6 +107,8 @@ class Scheduler:
         actor = Actor(
             name, run, host, self.now if at is None else at, self._order, crash_points=crash_points
         )
+        if host is not None:
+            actor.incarnation = host.incarnation
         self._actors.append(actor)
         return actor
 
@@ -118,7 +130,8 @@ class Scheduler:
         # An actor that crashed its own replica dies here, not after its wait: by then the
         # replica may have restarted, and it would run on as a ghost of the old incarnation
         # (seed 1182 found one: an old recovery worker, with its old bulkhead).
-        if actor.host is not None and not actor.host.alive:
+        if actor.gone():
+            assert actor.host is not None
             self.died_before_waits.append((actor.host.name, self.now, self.now + delay))
             raise Crashed(actor.host.name)
         actor.wake = self.now + delay
@@ -155,7 +168,8 @@ class Scheduler:
 
     @staticmethod
     def _check_alive(actor: Actor) -> None:
-        if actor.host is not None and not actor.host.alive:
+        if actor.gone():
+            assert actor.host is not None
             raise Crashed(actor.host.name)
 
     def bind(self, host: Host | None) -> Host | None:
@@ -163,6 +177,8 @@ class Scheduler:
         what it worked on before."""
         actor = self.current
         before, actor.host = actor.host, host
+        if host is not None:
+            actor.incarnation = host.incarnation
         return before
 
     # --- the loop ---------------------------------------------------------------------
@@ -191,8 +207,13 @@ class Scheduler:
         try:
             if actor.glet is None:
                 actor.glet = greenlet(self._body(actor))
-            if actor.host is not None and not actor.host.alive and actor.glet.gr_frame is None:
-                actor.done = True  # never started on a replica that is gone
+            if actor.gone() and actor.glet.gr_frame is None:
+                # Never started on a replica that is gone: spawned for an incarnation that
+                # crashed before the actor's time came, it must not run on the next one
+                # (seed 1734 found one: an old recovery worker, with its old bulkhead).
+                if actor.host is not None and actor.host.alive:
+                    self.never_started.append((actor.host.name, self.now))
+                actor.done = True
                 return
             actor.glet.switch()
         finally:

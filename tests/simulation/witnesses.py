@@ -21,6 +21,7 @@ LEARNT_AFTER_ANSWER = "a command answered in doubt, and its outcome was learnt a
 KEYLESS_AMONG_SEVERAL = "an event without a key, about one of several operations of its kind"
 OVER_LIMIT = "a provider over its outbound limits refused a call (nothing sent)"
 GHOST = "an actor crashed its replica before a wait that outlasted the replica's restart"
+UNBORN_GHOST = "an actor spawned for an incarnation that crashed came due on the next one"
 
 
 def witnesses(world: World) -> set[str]:
@@ -29,6 +30,8 @@ def witnesses(world: World) -> set[str]:
     for host, died, would_wake in world.scheduler.died_before_waits:
         if any(name == host and died < at < would_wake for (name, _), at in world.started.items()):
             seen.add(GHOST)
+    if world.scheduler.never_started:
+        seen.add(UNBORN_GHOST)
     if any(
         route.bulkhead is not None and route.bulkhead.refused
         for app in world.apps
