@@ -136,6 +136,13 @@ def test_metrics_follow_a_create_a_decline_an_outage_and_a_webhook(
     assert value(after, "payorch_store_transaction_seconds_count") >= 1
     assert value(after, "payorch_store_batch_size_count") >= 1
 
+    # Bad input: counted under its status code.
+    with pytest.raises(grpc.RpcError) as bad:
+        server.stub.CreatePayment(create_request("m-bad", amount=-5))
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    after = server.metrics()
+    assert value(after, "payorch_grpc_calls_total", method=CREATE, code="INVALID_ARGUMENT") == 1
+
     # A decline: a business outcome, counted as such; the breaker stays closed.
     declined = server.stub.CreatePayment(create_request("m-2", payment_method="pm_card_declined"))
     assert declined.status == pb.PAYMENT_STATUS_DECLINED
