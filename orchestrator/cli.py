@@ -446,9 +446,11 @@ def _measure(
     def webhook_lag() -> int:
         return max((app.recorder.max_notification_id() or 0) - webhooks.position(), 0)
 
+    bulkheads = [route.bulkhead for route in router.routes.values() if route.bulkhead is not None]
     metrics.watch(
         StateCollector(
             breakers,
+            lambda: bulkheads,
             in_doubt=recovery.index.count,
             requiring_review=lambda: app.listing.count(Status.REQUIRES_REVIEW),
             webhook_lag=webhook_lag,

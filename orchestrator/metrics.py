@@ -23,11 +23,12 @@ from typing import Any, cast
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from orchestrator.resilience.breaker import State
+from orchestrator.resilience.bulkhead import Bulkhead
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Seconds: calls answered from memory take under a millisecond, provider calls up to seconds.
@@ -68,11 +69,6 @@ class Metrics:
         self.retries = Counter(
             "payorch_provider_retries", "Provider attempts retried", ["provider"], registry=r
         )
-        self.refusals = Counter(
-            "payorch_bulkhead_refusals",
-            "Provider calls refused by the bulkhead (reason: slots, rate)",
-            ["provider", "reason"], registry=r,
-        )  # fmt: skip
         self.breaker_transitions = Counter(
             "payorch_breaker_transitions", "Circuit breaker state changes",
             ["provider", "from_state", "to_state"], registry=r,
@@ -108,9 +104,6 @@ class Metrics:
     def retry(self, provider: str) -> None:
         self.retries.labels(provider).inc()
 
-    def refused(self, provider: str, reason: str) -> None:
-        self.refusals.labels(provider, reason).inc()
-
     def breaker_changed(self, provider: str, old: State, new: State) -> None:
         self.breaker_transitions.labels(provider, old.value, new.value).inc()
 
@@ -144,19 +137,23 @@ def _result_kind(result: str) -> str:
 
 
 class StateCollector(Collector):
-    """Gauges read when scraped: each breaker's state, the payments in doubt (the in-doubt
-    index's rows) and requiring review (the listing's), and how far the webhook consumer and
-    the listing are behind the log. Each is one indexed query or a field; none scans the log."""
+    """Read when scraped: each breaker's state, each bulkhead's refusals (its own counts),
+    the payments in doubt (the in-doubt index's rows) and requiring review (the listing's),
+    and how far the webhook consumer and the listing are behind the log. Each is one indexed
+    query or a field; none scans the log."""
 
     def __init__(
         self,
         breakers: Callable[[], Iterable[tuple[str, State]]],
+        bulkheads: Callable[[], Iterable[Bulkhead]],
+        *,
         in_doubt: Callable[[], int],
         requiring_review: Callable[[], int],
         webhook_lag: Callable[[], int],
         listing_lag: Callable[[], int],
     ) -> None:
         self._breakers = breakers
+        self._bulkheads = bulkheads
         self._values = {
             "payorch_payments_in_doubt": ("Payments with an operation in doubt", in_doubt),
             "payorch_payments_requiring_review": (
@@ -176,6 +173,15 @@ class StateCollector(Collector):
         for name, current in self._breakers():
             state.add_metric([name], _STATE_VALUE[current])
         yield state
+        refusals = CounterMetricFamily(
+            "payorch_bulkhead_refusals",
+            "Provider calls refused by the bulkhead: slots (none free), rate (no token)",
+            labels=["provider", "reason"],
+        )  # fmt: skip
+        for bulkhead in self._bulkheads():
+            refusals.add_metric([bulkhead.name, "slots"], bulkhead.refused_slots)
+            refusals.add_metric([bulkhead.name, "rate"], bulkhead.refused_rate)
+        yield refusals
         for name, (text, read) in self._values.items():
             yield GaugeMetricFamily(name, text, value=read())
 

@@ -68,16 +68,14 @@ _T = TypeVar("_T", ProviderOutcome, ProviderOutcome | None)
 
 class CallObserver(Protocol):
     """What the resilient layer reports as it goes (metrics): each call's outcome and
-    latency (retries included), each retry, each refusal by the bulkhead."""
+    latency (retries included), each retry. (The bulkhead counts its own refusals, those
+    at a command's admission included: ``Bulkhead.refused_slots`` and ``refused_rate``.)"""
 
     def provider_call(self, provider: str, operation: str, outcome: str, seconds: float) -> None:
         """``outcome``: succeeded, declined, failed (the provider's answers), unknown (money
         may have moved), not_reached (nothing was sent, or nothing arrived)."""
 
     def retry(self, provider: str) -> None: ...
-
-    def refused(self, provider: str, reason: str) -> None:
-        """``reason``: slots (no free slot) or rate (no token for an attempt)."""
 
 
 class _LazyDelays:
@@ -154,7 +152,6 @@ class ResilientProvider:
         except ProviderBusy:
             self.stats.add("bulkhead_rejected")
             if self.observer is not None:
-                self.observer.refused(self.name, "slots")
                 self.observer.provider_call(self.name, operation.kind.value, "not_reached", 0.0)
             raise
         try:
@@ -273,8 +270,6 @@ class ResilientProvider:
         except ProviderBusy:
             self.breaker.record_neutral(permit)  # admitted, never sent
             self.stats.add("rate_limited")
-            if self.observer is not None:
-                self.observer.refused(self.name, "rate")
             raise
         started = self._clock()
         try:

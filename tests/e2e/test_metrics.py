@@ -165,6 +165,11 @@ def test_metrics_follow_a_create_a_decline_an_outage_and_a_webhook(
     transition = {"provider": "down", "from_state": "closed", "to_state": "open"}
     assert value(after, "payorch_breaker_transitions_total", **transition) == 1
     assert value(after, "payorch_grpc_calls_total", method=CREATE, code="UNAVAILABLE") == 1
+    refusals = (
+        "payorch_bulkhead_refusals_total",
+        frozenset({("provider", "down"), ("reason", "slots")}),
+    )
+    assert after[refusals] == 0  # the breaker refused it, not the bulkhead
 
     # A webhook: the sandbox's signed delivery of the create, stored, then applied.
     def delivered() -> bool:

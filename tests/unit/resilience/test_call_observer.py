@@ -26,7 +26,6 @@ class Recorded:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, str]] = []
         self.retries: list[str] = []
-        self.refusals: list[tuple[str, str]] = []
 
     def provider_call(self, provider: str, operation: str, outcome: str, seconds: float) -> None:
         assert seconds >= 0
@@ -34,9 +33,6 @@ class Recorded:
 
     def retry(self, provider: str) -> None:
         self.retries.append(provider)
-
-    def refused(self, provider: str, reason: str) -> None:
-        self.refusals.append((provider, reason))
 
 
 def observed(
@@ -81,11 +77,11 @@ def test_a_lookup_is_reported_as_a_lookup() -> None:
     assert recorded.calls == [("scripted", "lookup", "succeeded")]
 
 
-def test_a_call_refused_by_the_bulkhead_is_a_refusal_and_not_reached() -> None:
+def test_a_call_refused_by_the_bulkhead_is_counted_by_it_and_not_reached() -> None:
     bulkhead = Bulkhead("scripted", BulkheadPolicy(max_concurrent_calls=1))
     bulkhead.take_slot()  # another call holds the only slot
     provider, recorded = observed(OK, bulkhead=bulkhead)
     with pytest.raises(ProviderBusy):
         provider.authorize(OP, timeout=10)
-    assert recorded.refusals == [("scripted", "slots")]
+    assert (bulkhead.refused_slots, bulkhead.refused_rate) == (1, 0)
     assert recorded.calls == [("scripted", "authorize", "not_reached")]
