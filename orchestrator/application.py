@@ -57,6 +57,7 @@ from orchestrator.domain.payment import (
 from orchestrator.domain.reference import ProviderReference, reference_id
 from orchestrator.encryption import CIPHER_TOPIC
 from orchestrator.listing import ListingPage, PaymentFilter, PaymentListing
+from orchestrator.logs import working_on
 from orchestrator.ports import (
     OperationKind,
     OutcomeStatus,
@@ -437,7 +438,8 @@ class Payments(Application[UUID]):
         answer_by: float | None,
         fallbacks: Sequence[Route] = (),
     ) -> Payment:
-        with ExitStack() as held:  # the slots of the providers it fails over to
+        with ExitStack() as held, working_on(str(payment.id), op.kind.value):
+            # held: the slots of the providers it fails over to
             return self._attempts(payment, record, op, answer_by, fallbacks, held=held)
 
     def _attempts(

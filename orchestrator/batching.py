@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -99,6 +100,8 @@ class GroupCommit:
         self._queue: deque[Save] = deque()
         self._leading = False  # a leader is writing; new saves queue
         self.stats = Stats()
+        # Told each transaction's saves and seconds (metrics); None: nobody is told.
+        self.observe: Callable[[int, float], None] | None = None
 
     def queued(self) -> int:
         """Saves waiting for the next transaction (the leader's own batch excluded)."""
@@ -115,8 +118,17 @@ class GroupCommit:
             if save.state == _COMMITTED:
                 return save.ids
             if save.state == _ALONE:
-                return self._alone(save)
+                return self._timed_alone(save)
         return self._lead(save)
+
+    def _timed_alone(self, save: Save) -> Ids:
+        if self.observe is None:
+            return self._alone(save)
+        started = time.perf_counter()
+        try:
+            return self._alone(save)
+        finally:
+            self.observe(1, time.perf_counter() - started)
 
     def _lead(self, own: Save) -> Ids:
         with self._lock:
@@ -127,7 +139,8 @@ class GroupCommit:
         results: list[Ids] | None = None
         try:
             if len(batch) == 1:
-                return self._alone(own)
+                return self._timed_alone(own)
+            started = time.perf_counter()
             try:
                 results = self._together(batch)
             except Exception as e:  # every member then retries alone, and learns its outcome
@@ -135,6 +148,8 @@ class GroupCommit:
                 with self._lock:
                     self.stats.failed_batches += 1
             else:
+                if self.observe is not None:
+                    self.observe(len(batch), time.perf_counter() - started)
                 with self._lock:
                     self.stats.batched_saves += len(batch)
         finally:
@@ -145,7 +160,7 @@ class GroupCommit:
                 else:
                     member.wake(_COMMITTED, results[i])
             self._hand_off()
-        return self._alone(own) if results is None else results[0]
+        return self._timed_alone(own) if results is None else results[0]
 
     def _hand_off(self) -> None:
         with self._lock:

@@ -21,6 +21,7 @@ from orchestrator.api.trust import AuthSettings, TlsSettings, read_trust
 from orchestrator.application import DEFAULT_RECOVERY_SCHEDULE, Payments
 from orchestrator.encryption import KeyedAESCipher
 from orchestrator.listing import DEFAULT_INTERVAL as DEFAULT_LISTING_INTERVAL
+from orchestrator.metrics import Metrics
 from orchestrator.ports import PaymentProvider, WebhookVerifier
 from orchestrator.resilience.breaker import BreakerPolicy, CircuitBreaker
 from orchestrator.resilience.bulkhead import Bulkhead, BulkheadPolicy
@@ -112,19 +113,21 @@ def load_configuration(
     sandbox_url: str | None,
     *,
     sandbox_webhook_secret: Secret | None = None,
+    metrics: Metrics | None = None,
 ) -> Configuration:
     """Providers, routes and recovery from the TOML file; without one, every region goes to
-    the sandbox at ``sandbox_url`` with the default policies. ``sandbox_webhook_secret``
-    verifies the webhooks of that sandbox, and of every sandbox provider of the file that
-    names no secret of its own (``payorch serve`` passes PAYORCH_SANDBOX_WEBHOOK_SECRET's, or
-    one it generated for its in-process sandbox)."""
+        the sandbox at ``sandbox_url`` with the default policies. ``sandbox_webhook_secret``
+        verifies the webhooks of that sandbox, and of every sandbox provider of the file that
+        names no secret of its own (``payorch serve`` passes PAYORCH_SANDBOX_WEBHOOK_SECRET's, or
+        one it generated for its in-process sandbox). ``metrics``: what each provider's resilient
+    layer and breaker report to (none: nothing is reported)."""
     stats = Stats()
     if config_path is None:
         if sandbox_url is None:
             raise ValueError("no provider configuration and no sandbox URL")
         secrets = [sandbox_webhook_secret] if sandbox_webhook_secret is not None else []
         adapter = SandboxAdapter(sandbox_url, name="sandbox", webhook_secrets=secrets)
-        route = resilient_route("sandbox", "sandbox", adapter, {}, stats)
+        route = resilient_route("sandbox", "sandbox", adapter, {}, stats, metrics=metrics)
         return Configuration(
             Router({"sandbox": route}, {DEFAULT_ROUTE: ["sandbox"]}), RecoverySettings(), stats
         )
@@ -135,6 +138,7 @@ def load_configuration(
             _with_sandbox_url(spec, sandbox_url),
             stats,
             sandbox_webhook_secret=sandbox_webhook_secret,
+            metrics=metrics,
         )
         for name, spec in config.get("providers", {}).items()
     }
@@ -166,6 +170,7 @@ def build_route(
     stats: Stats,
     *,
     sandbox_webhook_secret: Secret | None = None,
+    metrics: Metrics | None = None,
 ) -> Route:
     """One provider: its adapter, wrapped in its own breaker, retries and timeouts."""
     kind = str(spec.get("type", name))
@@ -178,7 +183,7 @@ def build_route(
         adapter = sandbox_from_config(name, spec, default_webhook_secret=sandbox_webhook_secret)
     else:
         adapter = importlib.import_module(ADAPTERS[kind]).from_config(name, spec)
-    return resilient_route(name, kind, adapter, spec, stats)
+    return resilient_route(name, kind, adapter, spec, stats, metrics=metrics)
 
 
 def resilient_route(
@@ -191,6 +196,7 @@ def resilient_route(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     jitter: Jitter | None = None,
+    metrics: Metrics | None = None,
 ) -> Route:
     """``clock``, ``sleep`` and ``jitter`` drive the breaker and the retries: real time in
     service, simulated time and a seeded random source in the simulator."""
@@ -201,7 +207,10 @@ def resilient_route(
     retry = RetryPolicy(**_numbers(spec.get("retry", {}), RetryPolicy, name))
     retry = RetryPolicy(retry.base, retry.maximum, retry.max_attempts, min(retry.max_time, timeout))
     breaker = CircuitBreaker(
-        name, BreakerPolicy(**_numbers(spec.get("breaker", {}), BreakerPolicy, name)), clock=clock
+        name,
+        BreakerPolicy(**_numbers(spec.get("breaker", {}), BreakerPolicy, name)),
+        clock=clock,
+        on_change=metrics.breaker_changed if metrics is not None else None,
     )
     policy = CallPolicy(attempt_timeout=float(spec.get("attempt_timeout", timeout)), retry=retry)
     bulkhead = Bulkhead(name, bulkhead_policy(name, spec), clock=clock)
@@ -214,6 +223,7 @@ def resilient_route(
         jitter=jitter,
         stats=stats,
         bulkhead=bulkhead,
+        observer=metrics,
     )
     return Route(
         provider, timeout=timeout, breaker=breaker, kind=kind, adapter=adapter, bulkhead=bulkhead

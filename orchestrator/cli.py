@@ -36,9 +36,15 @@ from orchestrator.bootstrap import (
     webhook_verifiers,
 )
 from orchestrator.domain.errors import InvalidArgument, PaymentNotFound
+from orchestrator.domain.payment import Status
 from orchestrator.encryption import KEYS_VARIABLE, encryption_configured, missing_key
 from orchestrator.listing import ListingProjector, rebuild
+from orchestrator.logs import FORMATS as LOG_FORMATS
+from orchestrator.logs import configure as configure_logging
+from orchestrator.metrics import Metrics, StateCollector
+from orchestrator.metrics import enabled as metrics_enabled
 from orchestrator.recovery import RecoveryWorker
+from orchestrator.resilience.breaker import State
 from orchestrator.routing import Router
 from orchestrator.secrets import Secret
 from orchestrator.store import parse_database_url
@@ -52,6 +58,12 @@ log = logging.getLogger("payorch")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="payorch", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=os.environ.get("PAYORCH_LOG_FORMAT") or "text",
+        help="env PAYORCH_LOG_FORMAT (text): json is one JSON object a line",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the payment orchestrator (gRPC)")
@@ -96,11 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    if args.log_format not in LOG_FORMATS:  # from the environment: argparse checks the flag
+        parser.error(f"PAYORCH_LOG_FORMAT: choose from {', '.join(LOG_FORMATS)}")
+    configure_logging(args.log_level, args.log_format)
     # httpx logs every request at INFO: our adapters log calls themselves, without URLs.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.command == "audit":
@@ -342,18 +352,22 @@ def serve_forever(settings: Settings) -> int:
         sandbox_url = sandbox.url
         webhook_secret = Secret(new_webhook_secret(), "generated for the in-process sandbox")
         log.info("sandbox provider (in-process) listening on %s", sandbox_url)
+    metrics = Metrics() if metrics_enabled() else None
     try:
         config = check_listen(
             settings,
-            load_configuration(settings.config, sandbox_url, sandbox_webhook_secret=webhook_secret),
-        )
+            load_configuration(
+                settings.config, sandbox_url, sandbox_webhook_secret=webhook_secret,
+                metrics=metrics,
+            ),
+        )  # fmt: skip
         app = build_payments(
             settings.database_url, config.router, recovery_schedule=config.recovery.schedule,
             default_account=config.auth.default_account if config.auth else DEFAULT_ACCOUNT,
         )  # fmt: skip
         server = create_server(
             settings.grpc_listen, app, max_workers=settings.grpc_workers, tls=config.tls,
-            auth=config.auth,
+            auth=config.auth, metrics=metrics,
         )  # fmt: skip
         intake = WebhookIntake(app, webhook_verifiers(config.router))
         http = HttpServer(
@@ -361,6 +375,7 @@ def serve_forever(settings: Settings) -> int:
             intake,
             ready=lambda: _ready(app, server),
             max_body=settings.webhook_max_body,
+            metrics=metrics,
         )
     except Exception as e:  # start-up failures end the process with a message, not a trace
         log.error("cannot start: %s: %s", type(e).__name__, e)
@@ -380,9 +395,7 @@ def serve_forever(settings: Settings) -> int:
         sandbox.configure_webhooks(
             f"http://{http_host}:{http.port}/webhooks/sandbox", webhook_secret.reveal()
         )
-    recovery = RecoveryWorker(app, interval=config.recovery.interval).start()
-    webhooks = WebhookProcessor(app).start()
-    listing = ListingProjector(app, interval=config.listing_interval).start()
+    recovery, webhooks, listing = _start_workers(app, config, metrics)
     stop.wait()
     http.stop()
     server.stop(grace=10)
@@ -393,6 +406,57 @@ def serve_forever(settings: Settings) -> int:
         sandbox.stop()
     log.info("stopped")
     return 0
+
+
+def _start_workers(
+    app: Payments, config: Configuration, metrics: Metrics | None
+) -> tuple[RecoveryWorker, WebhookProcessor, ListingProjector]:
+    recovery = RecoveryWorker(app, interval=config.recovery.interval)
+    webhooks = WebhookProcessor(app)
+    listing = ListingProjector(app, interval=config.listing_interval)
+    if metrics is not None:
+        _measure(metrics, app, config.router, recovery=recovery, webhooks=webhooks, listing=listing)
+    for worker in (recovery, webhooks, listing):
+        worker.start()
+    return recovery, webhooks, listing
+
+
+def _measure(
+    metrics: Metrics,
+    app: Payments,
+    router: Router,
+    *,
+    recovery: RecoveryWorker,
+    webhooks: WebhookProcessor,
+    listing: ListingProjector,
+) -> None:
+    """The hooks of the workers and the store, and the gauges read when scraped."""
+    webhooks.on_result = metrics.webhook_processed
+    group = getattr(app.recorder, "group", None)
+    if group is not None:
+        group.observe = metrics.store_transaction
+
+    def breakers() -> list[tuple[str, State]]:
+        return [
+            (name, route.breaker.state)
+            for name, route in sorted(router.routes.items())
+            if route.breaker is not None
+        ]
+
+    def webhook_lag() -> int:
+        return max((app.recorder.max_notification_id() or 0) - webhooks.position(), 0)
+
+    bulkheads = [route.bulkhead for route in router.routes.values() if route.bulkhead is not None]
+    metrics.watch(
+        StateCollector(
+            breakers,
+            lambda: bulkheads,
+            in_doubt=recovery.index.count,
+            requiring_review=lambda: app.listing.count(Status.REQUIRES_REVIEW),
+            webhook_lag=webhook_lag,
+            listing_lag=lambda: listing.behind,
+        )
+    )
 
 
 class UnsafeListen(Exception):

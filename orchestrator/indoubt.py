@@ -90,6 +90,7 @@ class InDoubtIndex:
             )
             self.delete = f"DELETE FROM {name} WHERE payment_id = %s AND version <= %s"  # noqa: S608
             self.select = f"SELECT payment_id FROM {name} ORDER BY payment_id"  # noqa: S608
+            self.count_rows = f"SELECT count(*) FROM {name}"  # noqa: S608
         else:
             self.create = [
                 f"CREATE TABLE IF NOT EXISTS {table} "
@@ -101,6 +102,7 @@ class InDoubtIndex:
             )
             self.delete = f"DELETE FROM {table} WHERE payment_id = ? AND version <= ?"  # noqa: S608
             self.select = f"SELECT payment_id FROM {table} ORDER BY payment_id"  # noqa: S608
+            self.count_rows = f"SELECT count(*) FROM {table}"  # noqa: S608
         self._created = False
 
     def create_table(self) -> None:
@@ -153,6 +155,14 @@ class InDoubtIndex:
             cursor.execute(self.select)
             rows = cursor.fetchall()
         return [UUID(str(row["payment_id"] if isinstance(row, dict) else row[0])) for row in rows]
+
+    def count(self) -> int:
+        """The rows: payments whose last operation may be in flight or in doubt (metrics)."""
+        self.create_table()
+        with self.datastore.transaction(commit=False) as cursor:
+            cursor.execute(self.count_rows)
+            row = cursor.fetchone()
+        return int(next(iter(row.values())) if isinstance(row, dict) else row[0])
 
     def forget(self, payment_id: UUID, version: int) -> None:
         """The payment, read at ``version``, has nothing in doubt: drop its row, unless an event

@@ -281,6 +281,17 @@ class PaymentListing:
             cursor.execute(f"SELECT {_COLUMNS} FROM {self.name} ORDER BY payment_id")  # noqa: S608
             return [self._row(r) for r in cursor.fetchall()]
 
+    def count(self, status: Status) -> int:
+        """Payments of every account with ``status`` (the status index's range; metrics)."""
+        self.create_table()
+        with self.datastore.transaction(commit=False) as cursor:
+            cursor.execute(
+                f"SELECT count(*) FROM {self.name} WHERE status = {self.mark}",  # noqa: S608
+                (status.value,),
+            )
+            row = cursor.fetchone()
+        return int(next(iter(row.values())) if isinstance(row, dict) else row[0])
+
     def search(
         self, account: str, where: PaymentFilter, *, page_size: int = 0, page_token: str = ""
     ) -> ListingPage:

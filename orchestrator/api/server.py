@@ -13,6 +13,7 @@ from orchestrator.api.auth import AuthInterceptor
 from orchestrator.api.servicer import PaymentOrchestratorServicer
 from orchestrator.api.trust import MAX_MESSAGE_BYTES, AuthSettings, TlsSettings
 from orchestrator.application import Payments
+from orchestrator.metrics import Metrics
 
 SERVICE_NAME = payments_pb2.DESCRIPTOR.services_by_name["PaymentOrchestrator"].full_name
 # Calls served at once. One process runs Python on about one core, so more threads than the
@@ -56,13 +57,20 @@ def create_server(
     max_workers: int = DEFAULT_WORKERS,
     tls: TlsSettings | None = None,
     auth: AuthSettings | None = None,
+    metrics: Metrics | None = None,
 ) -> PaymentServer:
     """``tls``: listen with TLS (client certificates required when it names a client CA);
-    ``auth``: authenticate every call (no interceptor at all without it)."""
+    ``auth``: authenticate every call (no interceptor at all without it); ``metrics``: count
+    and time every call (first, so refused calls count too)."""
     max_message = auth.max_message_bytes if auth is not None else MAX_MESSAGE_BYTES
+    interceptors: list[grpc.ServerInterceptor] = []  # type: ignore[type-arg]
+    if metrics is not None:
+        interceptors.append(metrics.interceptor())
+    if auth is not None:
+        interceptors.append(AuthInterceptor(auth))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        interceptors=[AuthInterceptor(auth)] if auth is not None else None,
+        interceptors=interceptors or None,
         # A bigger message is refused (RESOURCE_EXHAUSTED) before it is parsed.
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", max_message)],
     )

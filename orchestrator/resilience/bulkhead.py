@@ -108,6 +108,8 @@ class Bulkhead:
         self._lock = threading.Lock()
         self._in_flight = 0
         self.refused = 0  # calls refused, for logs, tests and the simulator
+        self.refused_slots = 0  # of which: no free slot (metrics)
+        self.refused_rate = 0  # of which: no token for an attempt (metrics)
         self._tokens = self.policy.capacity
         self._refilled_at = clock()
         self._held: ContextVar[_Admission | None] = ContextVar(f"bulkhead:{name}", default=None)
@@ -156,6 +158,7 @@ class Bulkhead:
         with self._lock:
             if limit is not None and self._in_flight >= limit:
                 self.refused += 1
+                self.refused_slots += 1
                 raise ProviderBusy(
                     f"{self.name}: busy, {self._in_flight} calls in flight "
                     f"(max_concurrent_calls = {limit})",
@@ -184,6 +187,7 @@ class Bulkhead:
             self._refill(rate)
             if self._tokens < 1.0:
                 self.refused += 1
+                self.refused_rate += 1
                 raise ProviderBusy(
                     f"{self.name}: over its rate limit (max_calls_per_second = {rate:g})",
                     retry_after=(1.0 - self._tokens) / rate,

@@ -19,8 +19,11 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
+from orchestrator.logs import working_on
 from orchestrator.ports import (
+    OutcomeStatus,
     PaymentProvider,
     ProviderError,
     ProviderNotReached,
@@ -60,6 +63,19 @@ class Stats:
 
 
 Call = Callable[..., ProviderOutcome]
+_T = TypeVar("_T", ProviderOutcome, ProviderOutcome | None)
+
+
+class CallObserver(Protocol):
+    """What the resilient layer reports as it goes (metrics): each call's outcome and
+    latency (retries included), each retry. (The bulkhead counts its own refusals, those
+    at a command's admission included: ``Bulkhead.refused_slots`` and ``refused_rate``.)"""
+
+    def provider_call(self, provider: str, operation: str, outcome: str, seconds: float) -> None:
+        """``outcome``: succeeded, declined, failed (the provider's answers), unknown (money
+        may have moved), not_reached (nothing was sent, or nothing arrived)."""
+
+    def retry(self, provider: str) -> None: ...
 
 
 class _LazyDelays:
@@ -91,8 +107,10 @@ class ResilientProvider:
         jitter: Jitter | None = None,
         stats: Stats | None = None,
         bulkhead: Bulkhead | None = None,
+        observer: CallObserver | None = None,
     ) -> None:
         self.inner = inner
+        self.observer = observer
         self.name = inner.name
         self.honors_idempotency_keys = inner.honors_idempotency_keys
         self.breaker = breaker
@@ -103,40 +121,78 @@ class ResilientProvider:
         self.bulkhead = bulkhead or Bulkhead(inner.name, clock=clock)
 
     def authorize(self, operation: ProviderOperation, *, timeout: float) -> ProviderOutcome:
-        with self._slot():
-            return self._call(self.inner.authorize, operation, timeout)
+        with self._slot(operation):
+            return self._observed(operation, self._call, self.inner.authorize, timeout)
 
     def capture(self, operation: ProviderOperation, *, timeout: float) -> ProviderOutcome:
-        with self._slot():
-            return self._call(self.inner.capture, operation, timeout)
+        with self._slot(operation):
+            return self._observed(operation, self._call, self.inner.capture, timeout)
 
     def cancel(self, operation: ProviderOperation, *, timeout: float) -> ProviderOutcome:
-        with self._slot():
-            return self._call(self.inner.cancel, operation, timeout)
+        with self._slot(operation):
+            return self._observed(operation, self._call, self.inner.cancel, timeout)
 
     def refund(self, operation: ProviderOperation, *, timeout: float) -> ProviderOutcome:
-        with self._slot():
-            return self._call(self.inner.refund, operation, timeout)
+        with self._slot(operation):
+            return self._observed(operation, self._call, self.inner.refund, timeout)
 
     def lookup(self, operation: ProviderOperation, *, timeout: float) -> ProviderOutcome | None:
         """A lookup is a read: retried like any call, and it never moves money."""
-        with self._slot():
-            return self._lookup(operation, timeout)
+        with self._slot(operation):
+            return self._observed(operation, lambda _call, op, t: self._lookup(op, t),
+                                  self.inner.lookup, timeout)  # fmt: skip
 
     @contextmanager
-    def _slot(self) -> Iterator[None]:
+    def _slot(self, operation: ProviderOperation) -> Iterator[None]:
         """The bulkhead's slot, held for the whole call: retries, their waits, and a lookup
-        made instead of a re-send (which takes no second slot)."""
+        made instead of a re-send (which takes no second slot). Log lines inside name the
+        payment and the operation."""
         try:
             taken = self.bulkhead.take_slot()
         except ProviderBusy:
             self.stats.add("bulkhead_rejected")
+            if self.observer is not None:
+                self.observer.provider_call(self.name, operation.kind.value, "not_reached", 0.0)
             raise
         try:
-            yield
+            with working_on(operation.payment_id, operation.kind.value):
+                yield
         finally:
             if taken:
                 self.bulkhead.leave()
+
+    def _observed(
+        self,
+        operation: ProviderOperation,
+        run: Callable[[Callable[..., _T], ProviderOperation, float], _T],
+        call: Callable[..., _T],
+        timeout: float,
+    ) -> _T:
+        """``run(call, operation, timeout)``, its outcome and latency reported."""
+        if self.observer is None:
+            return run(call, operation, timeout)
+        started = time.perf_counter()
+        outcome = "failed"
+        try:
+            result = run(call, operation, timeout)
+            if result is None:  # a lookup that found nothing: the provider answered
+                outcome = "succeeded"
+            else:
+                outcome = {
+                    OutcomeStatus.SUCCEEDED: "succeeded",
+                    OutcomeStatus.DECLINED: "declined",
+                    OutcomeStatus.FAILED: "failed",
+                }[result.status]
+            return result
+        except ProviderOutcomeUnknown:
+            outcome = "unknown"
+            raise
+        except ProviderNotReached:
+            outcome = "not_reached"
+            raise
+        finally:
+            kind = "lookup" if call == self.inner.lookup else operation.kind.value
+            self.observer.provider_call(self.name, kind, outcome, time.perf_counter() - started)
 
     def _lookup(self, operation: ProviderOperation, timeout: float) -> ProviderOutcome | None:
         started = self._clock()
@@ -273,6 +329,8 @@ class ResilientProvider:
         if self._elapsed(started) + delay + _MIN_ATTEMPT >= budget:
             return False
         self.stats.add("retries")
+        if self.observer is not None:
+            self.observer.retry(self.name)
         log.info(
             "%s %s key=%s: retry %d in %.3f s (%s)",
             self.name, operation.kind.value, operation.provider_key, attempt, delay,

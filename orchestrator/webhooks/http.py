@@ -38,6 +38,8 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from orchestrator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from orchestrator.metrics import Metrics
 from orchestrator.ports import WebhookRejected
 from orchestrator.webhooks.intake import Receipt, Request, WebhookIntake
 
@@ -75,11 +77,14 @@ class HttpServer:
         ready: Callable[[], bool],
         max_body: int = MAX_BODY,
         limits: HttpLimits | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
-        """Binds at once (a taken port fails here, not in a thread); serves from ``start``."""
+        """Binds at once (a taken port fails here, not in a thread); serves from ``start``.
+        ``metrics``: served at ``GET /metrics``, and told each delivery's result (none: 404)."""
         limits = limits or HttpLimits()
         self._pool = ThreadPoolExecutor(limits.intake_threads, thread_name_prefix="payorch-http")
-        self._server = AsgiServer(listen, _App(intake, ready, limits, max_body, self._pool), limits)
+        app = _App(intake, ready, limits, max_body, self._pool, metrics=metrics)
+        self._server = AsgiServer(listen, app, limits)
 
     @property
     def port(self) -> int:
@@ -245,8 +250,11 @@ class _App:
         limits: HttpLimits,
         max_body: int,
         pool: ThreadPoolExecutor,
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
         self.intake = intake
+        self.metrics = metrics
         self.ready = ready
         self.limits = limits
         self.max_body = max_body
@@ -301,6 +309,11 @@ class _App:
         elif path == "/readyz":
             ok = await asyncio.get_running_loop().run_in_executor(self.pool, _safe, self.ready)
             await _json(send, 200 if ok else 503, {"status": "ready" if ok else "not ready"})
+        elif path == "/metrics" and self.metrics is not None:
+            # The collector reads the store: off the event loop, like the intake.
+            loop = asyncio.get_running_loop()
+            body = await loop.run_in_executor(self.pool, self.metrics.render)
+            await _send(send, 200, body, METRICS_CONTENT_TYPE.encode())
         else:
             await _json(send, 404, {"error": "not found"})
 
@@ -315,18 +328,25 @@ class _App:
         try:
             receipt = await self.batches.receive(Request(provider, headers, body))
         except WebhookRejected as e:
+            self._count(provider, f"refused_{e.status}")
             log.info("webhook %s refused %d: %s", provider, e.status, e.reason)
             await _json(send, e.status, {"error": e.reason})
             return
         except Exception:  # the provider will retry: answer 500, keep the details here
+            self._count(provider, "error")
             log.exception("webhook %s could not be stored", provider)
             await _json(send, 500, {"error": "could not store the event; retry later"})
             return
+        self._count(provider, "stored" if receipt.stored or not receipt.duplicates else "duplicate")
         accepted = _ACCEPTED_BODIES.get(provider)
         if accepted is not None:
             await _send(send, 200, accepted, b"text/plain")
         else:
             await _json(send, 200, {"stored": receipt.stored, "duplicates": receipt.duplicates})
+
+    def _count(self, provider: str, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.webhook_delivery(provider, result)
 
 
 class _Batches:

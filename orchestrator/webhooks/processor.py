@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, ProcessingEvent
@@ -81,6 +82,8 @@ class WebhookProcessor(BackgroundLoop):
         # The head of the log up to which everything is known to be applied (by this consumer
         # or another): a pass that finds the head still there has nothing to do.
         self._caught_up_to = 0
+        # Told each delivery's result (metrics); None: nobody is told.
+        self.on_result: Callable[[str], None] | None = None
 
     def position(self) -> int:
         return self.app.recorder.max_tracking_id(TRACKING_NAME) or 0  # type: ignore[attr-defined]
@@ -101,7 +104,9 @@ class WebhookProcessor(BackgroundLoop):
                 inclusive_of_start=False,
             )
             for notification in page:
-                self.process(UUID(str(notification.originator_id)), notification.id)
+                result = self.process(UUID(str(notification.originator_id)), notification.id)
+                if self.on_result is not None:
+                    self.on_result(result)
                 done += 1
             if self.stopping:
                 return done

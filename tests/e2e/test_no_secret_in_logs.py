@@ -304,14 +304,25 @@ def the_whole_flow(
     return seen, us.payment_id
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
 def test_no_secret_reaches_any_log_or_answer(
-    tmp_path: Path, sandbox: SandboxServer, emulators: dict[str, str]
+    tmp_path: Path, sandbox: SandboxServer, emulators: dict[str, str], log_format: str
 ) -> None:
     secrets, env = deployment(tmp_path, sandbox, emulators)
+    env["PAYORCH_LOG_FORMAT"] = log_format  # the audit commands' logs too
     log = tmp_path / "serve.log"
     with log.open("w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", "--log-level", "DEBUG", "serve"],
+            [
+                sys.executable,
+                "-m",
+                "orchestrator.cli",
+                "--log-level",
+                "DEBUG",
+                "--log-format",
+                log_format,
+                "serve",
+            ],
             env=env,
             cwd=tmp_path,
             stdout=out,
@@ -370,7 +381,12 @@ def test_no_secret_reaches_any_log_or_answer(
     everything = "\n".join(captured)
 
     # The flow did run, at DEBUG, through every part the scan is meant to cover.
-    assert " DEBUG " in serve_output
+    if log_format == "json":
+        lines = [json.loads(line) for line in serve_output.splitlines() if line.strip()]
+        assert "DEBUG" in {line["level"] for line in lines}
+        assert any(line.get("payment_id") == payment_id for line in lines)
+    else:
+        assert " DEBUG " in serve_output
     for expected in (
         "webhook razorpay: 1 stored",
         "provider sandbox",
