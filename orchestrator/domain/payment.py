@@ -133,15 +133,16 @@ def _resolved_status(kind: Kind, outcome: Resolution) -> OpStatus | None:
         return OpStatus.DECLINED
     if outcome is Resolution.NOT_FOUND:
         return OpStatus.FAILED
-    if kind is Kind.AUTHORIZE:
-        return OpStatus.SUCCEEDED
-    if kind is Kind.CAPTURE:
-        return OpStatus.SUCCEEDED if outcome is Resolution.CAPTURED else OpStatus.FAILED
-    if kind is Kind.CANCEL and outcome is Resolution.AUTHORIZED:
-        return OpStatus.FAILED  # still authorized: the cancel did not happen
-    if kind is Kind.REFUND and outcome is Resolution.CAPTURED:
-        return OpStatus.FAILED  # still captured: the refund did not happen
-    return None
+    # The charge exists, authorized or captured: what that says of each kind of operation.
+    table = {
+        (Kind.AUTHORIZE, Resolution.AUTHORIZED): OpStatus.SUCCEEDED,
+        (Kind.AUTHORIZE, Resolution.CAPTURED): OpStatus.SUCCEEDED,
+        (Kind.CAPTURE, Resolution.CAPTURED): OpStatus.SUCCEEDED,
+        (Kind.CAPTURE, Resolution.AUTHORIZED): OpStatus.FAILED,  # not captured
+        (Kind.CANCEL, Resolution.AUTHORIZED): OpStatus.FAILED,  # still authorized
+        (Kind.REFUND, Resolution.CAPTURED): OpStatus.FAILED,  # still captured
+    }
+    return table.get((kind, outcome))
 
 
 @dataclass(frozen=True)
