@@ -279,9 +279,9 @@ def _resolve(app: Payments, args: argparse.Namespace) -> int:
     operator = args.operator or f"cli:{getpass.getuser()}"
     try:
         payment = app.get_payment(args.payment_id)
-        in_doubt = payment.operation_in_doubt
-        sequence = args.operation or (in_doubt.sequence if in_doubt is not None else 0)
-        # Derived, so that running the same command again replays instead of acting twice.
+        # The operation in doubt is the last one; once resolved, running the same command
+        # again names the same operation and key, so it replays instead of acting twice.
+        sequence = args.operation or len(payment.operations)
         key = args.idempotency_key or f"resolve:{payment.id}:{sequence}"
         command = ResolvePayment(
             idempotency_key=key,
