@@ -19,6 +19,12 @@ in the order they are issued and no lower id can become visible after a higher o
 that inserts without that lock (eventsourcing's ``POSTGRES_ENABLE_DB_FUNCTIONS``, or a batching
 recorder that drops it) would let this consumer skip a delivery for ever:
 ``tests/integration/test_positions.py`` checks that a save still waits for the lock.
+
+A delivery about a payment not known yet is kept ``Unmatched``. ``rematch`` re-tries those
+when a payment is created or learns its provider's id (``Requested``, ``Authorized``,
+``ResolvedByOperator``) after them; their ids are kept in memory, read once from the log at
+start, so with none the re-match costs one query per pass that found the log moved. A re-try
+saves the delivery's ``Applied`` with the payment: the delivery's version makes it happen once.
 """
 
 from __future__ import annotations
