@@ -32,6 +32,7 @@ from orchestrator.commands import (
     Command,
     CreatePayment,
     RefundPayment,
+    ResolvePayment,
     parse_payment_id,
 )
 from orchestrator.domain import validation
@@ -50,9 +51,11 @@ from orchestrator.domain.payment import (
     Cause,
     Kind,
     Operation,
+    OperatorCause,
     Origin,
     Payment,
     RecoveryCause,
+    Resolution,
 )
 from orchestrator.domain.reference import ProviderReference, reference_id
 from orchestrator.encryption import CIPHER_TOPIC
@@ -364,6 +367,49 @@ class Payments(Application[UUID]):
             )
 
         return self._follow_up(cmd, scope, account, answer_by, start)
+
+    def resolve_payment(self, request: ResolvePayment, *, scope: str, operator: str) -> Payment:
+        """An operator settles the operation in review with what the provider's dashboard
+        shows. Idempotent like every command: a retry with the key replays the result. No
+        provider is called: the operator's reading is the outcome, recorded with who read it."""
+        cmd = request.validated()
+        cid = command_id(scope, cmd.idempotency_key)
+        for _ in range(MAX_CONFLICTS):
+            if (replayed := self._replay_if_known(cid, cmd, None, None)) is not None:
+                return replayed
+            payment = self.get_payment(cmd.payment_id)
+            authorized_before = payment.authorized
+            op = payment.resolve_by_operator(
+                Resolution(cmd.outcome),
+                note=cmd.note,
+                caused_by=OperatorCause(operator, scope, cmd.idempotency_key),
+                sequence=cmd.operation or None,
+                provider_reference=cmd.provider_reference,
+            )
+            record = CommandRecord(
+                id=cid,
+                scope=scope,
+                idempotency_key=cmd.idempotency_key,
+                name=cmd.name,
+                fingerprint=fingerprint(cmd.name, cmd.parameters()),
+                payment_id=payment.id,
+                owner=self.new_owner(),
+                lease_until=self.clock(),
+            )
+            record.complete(payment_version=payment.version, in_doubt=False)
+            waiting = self.complete_waiting_command(payment, op)
+            learned = learned_reference(payment, authorized_before)
+            try:
+                self.save(payment, record, *waiting, *learned)
+            except IntegrityError:
+                continue  # a duplicate, or the payment moved: the next pass replays or re-checks
+            log.warning(
+                "payment=%s op=%s resolved by operator %s as %s",
+                payment.id, op.sequence, operator, cmd.outcome,
+            )  # fmt: skip
+            self._remember(record, payment)
+            return payment
+        raise ConcurrentModification("the payment kept changing; retry with the same key")
 
     # --- the shared path of follow-up commands --------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import os
 import signal
@@ -12,6 +13,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
+from uuid import UUID
 
 from adapters.sandbox import new_webhook_secret, start_sandbox
 from adapters.sandbox.server import run_sandbox
@@ -35,7 +37,8 @@ from orchestrator.bootstrap import (
     warn_of_webhooks_without_secret,
     webhook_verifiers,
 )
-from orchestrator.domain.errors import InvalidArgument, PaymentNotFound
+from orchestrator.commands import ResolvePayment
+from orchestrator.domain.errors import DomainError, InvalidArgument, PaymentNotFound
 from orchestrator.domain.payment import Status
 from orchestrator.encryption import KEYS_VARIABLE, encryption_configured, missing_key
 from orchestrator.listing import ListingProjector, rebuild
@@ -101,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         action = admin_actions.add_parser(name, help=text)
         action.add_argument("--database-url", help="env PAYORCH_DATABASE_URL")
+    _add_operator_commands(admin_actions)
     auth = commands.add_parser("auth", help="caller authentication helpers")
     auth_actions = auth.add_subparsers(dest="auth_command", required=True)
     auth_actions.add_parser(
@@ -142,6 +146,33 @@ def main(argv: list[str] | None = None) -> int:
         insecure=args.insecure or None,
     )
     return serve_forever(settings)
+
+
+def _add_operator_commands(
+    actions: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    resolve = actions.add_parser(
+        "resolve", help="record what the provider's dashboard shows for a payment in review"
+    )
+    resolve.add_argument("payment_id")
+    resolve.add_argument("--outcome", required=True, choices=OUTCOMES)
+    resolve.add_argument("--note", required=True, help="what you saw (kept in the audit trail)")
+    resolve.add_argument(
+        "--operation", type=int, default=0, help="its sequence (default: in doubt)"
+    )
+    resolve.add_argument("--provider-reference", default="", help="the charge's id, if shown")
+    resolve.add_argument("--operator", help="who you are (default: cli:<os user>)")
+    resolve.add_argument(
+        "--idempotency-key", help="default: derived from the payment and operation"
+    )
+    unmatched = actions.add_parser("unmatched", help="list webhook deliveries left unmatched")
+    retry = actions.add_parser("retry-unmatched", help="re-try one unmatched webhook delivery")
+    retry.add_argument("delivery_id")
+    for action in (resolve, unmatched, retry):
+        action.add_argument("--database-url", help="env PAYORCH_DATABASE_URL")
+
+
+OUTCOMES = ("authorized", "captured", "declined", "not-found")
 
 
 def hash_token_from_stdin() -> int:
@@ -237,6 +268,8 @@ def run_admin(args: argparse.Namespace) -> int:
         print(f"payorch admin: cannot open the event store: {e}", file=sys.stderr)
         return 2
     try:
+        if args.admin_command in OPERATOR_COMMANDS:
+            return OPERATOR_COMMANDS[args.admin_command](app, args)
         if args.admin_command == "rebuild-listing":
             started = time.monotonic()
             rebuild(app)
@@ -250,6 +283,58 @@ def run_admin(args: argparse.Namespace) -> int:
         return 0
     finally:
         app.close()
+
+
+def _resolve(app: Payments, args: argparse.Namespace) -> int:
+    operator = args.operator or f"cli:{getpass.getuser()}"
+    try:
+        payment = app.get_payment(args.payment_id)
+        # The operation in doubt is the last one; once resolved, running the same command
+        # again names the same operation and key, so it replays instead of acting twice.
+        sequence = args.operation or len(payment.operations)
+        key = args.idempotency_key or f"resolve:{payment.id}:{sequence}"
+        command = ResolvePayment(
+            idempotency_key=key,
+            payment_id=args.payment_id,
+            outcome=args.outcome,
+            note=args.note,
+            operation=sequence,
+            provider_reference=args.provider_reference,
+        )
+        payment = app.resolve_payment(command, scope=f"operator:{operator}", operator=operator)
+    except DomainError as e:
+        print(f"payorch admin resolve: refused ({e.reason}): {e.message}", file=sys.stderr)
+        return 1
+    print(f"payment {payment.id}: {payment.status.value} (resolved by {operator})")
+    return 0
+
+
+def _list_unmatched(app: Payments, args: argparse.Namespace) -> int:
+    deliveries = WebhookProcessor(app).unmatched()
+    for d in deliveries:
+        print(f"{d.id}  {d.verified_by}  {d.event_id}  {d.kind}  "
+              f"payment={d.payment_id or '-'} reference={d.provider_reference or '-'}  "
+              f"{d.unmatched_reason}")  # fmt: skip
+    print(f"{len(deliveries)} unmatched deliver{'y' if len(deliveries) == 1 else 'ies'}",
+          file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def _retry_unmatched(app: Payments, args: argparse.Namespace) -> int:
+    try:
+        effect = WebhookProcessor(app).retry(UUID(args.delivery_id))
+    except (ValueError, KeyError):
+        print(f"payorch admin retry-unmatched: no delivery {args.delivery_id!r}", file=sys.stderr)
+        return 1
+    print(f"{args.delivery_id}: {effect}")
+    return 1 if effect.startswith("unmatched") else 0
+
+
+OPERATOR_COMMANDS = {
+    "resolve": _resolve,
+    "unmatched": _list_unmatched,
+    "retry-unmatched": _retry_unmatched,
+}
 
 
 def _read_only_payments(database_url: str) -> Payments:

@@ -118,4 +118,59 @@ class RefundPayment:
         return {"payment_id": self.payment_id, "amount": self.amount, "reason": self.reason}
 
 
-Command = CreatePayment | CapturePayment | CancelPayment | RefundPayment
+# What an operator may record: the values of ``orchestrator.domain.payment.Resolution``.
+RESOLUTIONS = ("authorized", "captured", "declined", "not_found")
+
+
+@dataclass(frozen=True)
+class ResolvePayment:
+    """An operator's record of what the provider's dashboard shows for an operation in review
+    (``operation`` 0: the payment's operation in doubt)."""
+
+    idempotency_key: str
+    payment_id: str
+    outcome: str
+    note: str
+    operation: int = 0
+    provider_reference: str = ""
+
+    name = "ResolvePayment"
+
+    def validated(self) -> ResolvePayment:
+        key = validation.idempotency_key(self.idempotency_key)
+        outcome = self.outcome.replace("-", "_").lower()
+        if outcome not in RESOLUTIONS:
+            raise InvalidArgument(
+                "outcome", f"outcome must be one of {', '.join(RESOLUTIONS)}",
+                reason="INVALID_OUTCOME",
+            )  # fmt: skip
+        note = validation.free_text(self.note, field="note").strip()
+        if not note:
+            raise InvalidArgument("note", "a note is required", reason="INVALID_NOTE")
+        if not isinstance(self.operation, int) or self.operation < 0:
+            raise InvalidArgument(
+                "operation", "operation must be a sequence number", reason="INVALID_OPERATION"
+            )
+        reference = validation.free_text(
+            self.provider_reference, field="provider_reference", max_length=255
+        )
+        return replace(
+            self,
+            idempotency_key=key,
+            payment_id=str(parse_payment_id(self.payment_id)),
+            outcome=outcome,
+            note=note,
+            provider_reference=reference,
+        )
+
+    def parameters(self) -> dict[str, Any]:
+        return {
+            "payment_id": self.payment_id,
+            "outcome": self.outcome,
+            "note": self.note,
+            "operation": self.operation,
+            "provider_reference": self.provider_reference,
+        }
+
+
+Command = CreatePayment | CapturePayment | CancelPayment | RefundPayment | ResolvePayment

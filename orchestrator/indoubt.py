@@ -59,6 +59,7 @@ SETTLED = {
         Payment.OperationDeclined,
         Payment.OperationFailed,
         Payment.ReviewRequired,
+        Payment.ResolvedByOperator,
     )
 }
 TOPICS = sorted(DOUBT | SETTLED)

@@ -20,6 +20,7 @@ from orchestrator.api._generated import payments_pb2
 from orchestrator.api.errors import refusal
 from orchestrator.api.identity import (
     EVENTS_STREAM,
+    OPERATOR,
     PAYMENTS_READ,
     PAYMENTS_WRITE,
     Caller,
@@ -41,6 +42,7 @@ METHOD_ROLES = {
     "ListPaymentEvents": PAYMENTS_READ,
     "ListPayments": PAYMENTS_READ,
     "StreamEvents": EVENTS_STREAM,
+    "ResolvePayment": OPERATOR,
 }
 STREAMS = frozenset({"StreamEvents"})  # methods that hold a stream slot while they run
 OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",

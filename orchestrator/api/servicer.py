@@ -20,7 +20,13 @@ from orchestrator.api.errors import to_status
 from orchestrator.api.identity import current_caller
 from orchestrator.application import Payments
 from orchestrator.audit.records import event_data
-from orchestrator.commands import CancelPayment, CapturePayment, CreatePayment, RefundPayment
+from orchestrator.commands import (
+    CancelPayment,
+    CapturePayment,
+    CreatePayment,
+    RefundPayment,
+    ResolvePayment,
+)
 from orchestrator.domain.errors import DomainError, InvalidArgument
 from orchestrator.domain.payment import CaptureMode as DomainCaptureMode
 from orchestrator.domain.payment import Kind, Operation, OpStatus, Payment, Status
@@ -65,6 +71,12 @@ _OP_STATUSES = {
 _MODES_OUT = {
     DomainCaptureMode.AUTOMATIC: pb.CAPTURE_MODE_AUTOMATIC,
     DomainCaptureMode.MANUAL: pb.CAPTURE_MODE_MANUAL,
+}
+_RESOLUTIONS = {
+    pb.RESOLUTION_AUTHORIZED: "authorized",
+    pb.RESOLUTION_CAPTURED: "captured",
+    pb.RESOLUTION_DECLINED: "declined",
+    pb.RESOLUTION_NOT_FOUND: "not_found",
 }
 _STREAM_PAGE = 500
 _FOLLOW_POLL = 0.1  # seconds between looks for new events while following
@@ -116,6 +128,21 @@ class PaymentOrchestratorServicer(payments_pb2_grpc.PaymentOrchestratorServicer)
         )
         return _answer(context, lambda: self.answers.of(self.app.refund_payment(
             command, scope=_scope(context), account=_account(), answer_by=_answer_by(context)
+        )))  # fmt: skip
+
+    def ResolvePayment(  # noqa: N802
+        self, request: pb.ResolvePaymentRequest, context: grpc.ServicerContext
+    ) -> pb.Payment:
+        command = ResolvePayment(
+            idempotency_key=request.idempotency_key,
+            payment_id=request.payment_id,
+            outcome=_RESOLUTIONS.get(request.outcome, "unspecified"),
+            note=request.note,
+            operation=request.operation,
+            provider_reference=request.provider_reference,
+        )
+        return _answer(context, lambda: self.answers.of(self.app.resolve_payment(
+            command, scope=_scope(context), operator=current_caller().name
         )))  # fmt: skip
 
     def GetPayment(  # noqa: N802

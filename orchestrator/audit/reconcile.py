@@ -128,6 +128,8 @@ class _Operation:
     provider: str
     key: str
     object_id: str = ""  # a refund's id at the provider, once it succeeded
+    kind: str = ""  # the operation's kind and amount, for an operator's resolution
+    amount: int = 0
 
 
 @dataclass
@@ -178,7 +180,9 @@ class _Replay:
         self, event: DomainEventProtocol[UUID], payment: _Payment, at: int
     ) -> list[Movement]:
         if isinstance(event, Payment.OperationStarted):
-            payment.operations[event.sequence] = _Operation(event.provider, event.provider_key)
+            payment.operations[event.sequence] = _Operation(
+                event.provider, event.provider_key, kind=event.kind, amount=event.amount
+            )
             return []
         sequence = getattr(event, "sequence", None)
         op = payment.operations.get(sequence) if isinstance(sequence, int) else None
@@ -198,6 +202,8 @@ class _Replay:
             if event.provider_reference != payment.reference:
                 op.object_id = event.provider_reference
             kind, amount = Kind.REFUND, event.amount
+        elif isinstance(event, Payment.ResolvedByOperator):
+            kind, amount = _resolved(event, payment, op)
         elif isinstance(event, Payment.CaptureReversed):
             kind, amount = Kind.CAPTURE_REVERSAL, event.amount
         elif isinstance(event, Payment.RefundReversed):
@@ -409,3 +415,18 @@ def _totals_table(report: Report) -> list[str]:
         numbers = "  ".join(f"{v:>{w}}" for v, w in zip(row[2:], widths[2:], strict=True))
         out.append(f"  {label}  {numbers}".rstrip())
     return ["totals per currency:", *out]
+
+
+def _resolved(
+    event: Payment.ResolvedByOperator, payment: _Payment, op: _Operation
+) -> tuple[Kind | None, int]:
+    """An operator read a movement on the provider's dashboard: it happened."""
+    if event.status != "succeeded":
+        return None, 0
+    if op.kind == "authorize":
+        payment.reference = event.provider_reference or payment.reference
+        payment.provider = op.provider
+        return Kind.CAPTURE, event.captured_amount
+    if op.kind == "capture":
+        return Kind.CAPTURE, op.amount
+    return None, 0

@@ -49,7 +49,8 @@ def event_time(event: DomainEventProtocol[UUID]) -> str:
 
 def describe_cause(caused_by: Any) -> str:
     """An event's cause in one word for a terminal: ``cmd:<key>`` (``cmd:<scope>/<key>``
-    outside the default scope), ``webhook:<provider>/<event id>`` or ``recovery``."""
+    outside the default scope), ``webhook:<provider>/<event id>``, ``operator:<name>`` or
+    ``recovery``."""
     if not isinstance(caused_by, dict):
         return "-"  # an event recorded before events named their cause
     kind = caused_by.get("kind")
@@ -58,6 +59,8 @@ def describe_cause(caused_by: Any) -> str:
         return f"cmd:{key}" if scope == DEFAULT_SCOPE else f"cmd:{scope}/{key}"
     if kind == "provider_event":
         return f"webhook:{caused_by.get('provider')}/{caused_by.get('event_id')}"
+    if kind == "operator":
+        return f"operator:{caused_by.get('operator')}"
     return str(kind)
 
 

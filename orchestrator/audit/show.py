@@ -21,6 +21,7 @@ HEADERS = ("VERSION", "TIME (UTC)", "TYPE", "CAUSED BY", "SUMMARY")
 # key comes last, so that it is what truncation cuts first.
 SUMMARY_FIELDS = (
     "kind",
+    "outcome",
     "amount",
     "captured_amount",
     "region",
@@ -34,6 +35,7 @@ SUMMARY_FIELDS = (
     "effect",
     "reason",
     "message",
+    "note",
     "attempt",
     "provider_key",
 )

@@ -94,9 +94,55 @@ class RecoveryCause:
         return {"kind": "recovery"}
 
 
+@dataclass(frozen=True)
+class OperatorCause:
+    """A person who read the provider's dashboard, and the command (scope, key) they sent."""
+
+    operator: str
+    scope: str
+    idempotency_key: str
+
+    def as_data(self) -> dict[str, str]:
+        return {
+            "kind": "operator",
+            "operator": self.operator,
+            "scope": self.scope,
+            "idempotency_key": self.idempotency_key,
+        }
+
+
 # Why an event happened. Every payment event records it as ``caused_by`` (a JSON object whose
-# ``kind`` is command, provider_event or recovery), so finance can tell who asked for a change.
-Origin = Cause | ProviderEventCause | RecoveryCause
+# ``kind`` is command, provider_event, recovery or operator), so finance can tell who asked.
+Origin = Cause | ProviderEventCause | RecoveryCause | OperatorCause
+
+
+class Resolution(enum.StrEnum):
+    """What an operator saw on the provider's dashboard for an operation in review."""
+
+    AUTHORIZED = "authorized"  # the charge exists, authorized and not captured
+    CAPTURED = "captured"  # the charge exists and was captured
+    DECLINED = "declined"  # the provider declined it
+    NOT_FOUND = "not_found"  # the provider has no such charge: no money moved
+
+
+def _resolved_status(kind: Kind, outcome: Resolution) -> OpStatus | None:
+    """What ``outcome`` means for an operation of ``kind``: it succeeded, was declined, or
+    certainly moved nothing (failed). ``None`` when the outcome cannot describe the result of
+    such an operation (a canceled or refunded charge is neither authorized nor captured)."""
+    if outcome is Resolution.DECLINED:
+        return OpStatus.DECLINED
+    if outcome is Resolution.NOT_FOUND:
+        return OpStatus.FAILED
+    # The charge exists, authorized or captured: what that says of each kind of operation.
+    table = {
+        (Kind.AUTHORIZE, Resolution.AUTHORIZED): OpStatus.SUCCEEDED,
+        (Kind.AUTHORIZE, Resolution.CAPTURED): OpStatus.SUCCEEDED,
+        (Kind.CAPTURE, Resolution.CAPTURED): OpStatus.SUCCEEDED,
+        (Kind.CAPTURE, Resolution.AUTHORIZED): OpStatus.FAILED,  # not captured
+        (Kind.CANCEL, Resolution.AUTHORIZED): OpStatus.FAILED,  # still authorized
+        (Kind.REFUND, Resolution.CAPTURED): OpStatus.FAILED,  # still captured
+    }
+    return table.get((kind, outcome))
 
 
 @dataclass(frozen=True)
@@ -274,6 +320,18 @@ class Payment(Aggregate):
 
         sequence: int
         message: str
+        caused_by: dict[str, str]
+
+    class ResolvedByOperator(Aggregate.Event):
+        """An operator settled an operation in review with what the provider's dashboard
+        shows; it settles the operation as the provider's answer would have."""
+
+        sequence: int
+        outcome: str  # a Resolution
+        status: str  # the operation's OpStatus it implies
+        provider_reference: str
+        captured_amount: int  # what an authorization captured
+        note: str
         caused_by: dict[str, str]
 
     @event(Requested)
@@ -580,6 +638,67 @@ class Payment(Aggregate):
         if not self._in_doubt(sequence).review_required:
             self._review_required(sequence=sequence, message=message, caused_by=caused_by.as_data())
 
+    def resolve_by_operator(
+        self,
+        outcome: Resolution,
+        *,
+        note: str,
+        caused_by: OperatorCause,
+        sequence: int | None = None,
+        provider_reference: str = "",
+    ) -> Operation:
+        """Settles the operation in review (``sequence``: the one in doubt) with what the
+        provider's dashboard shows. Only an operation that is in doubt and flagged for review:
+        an operation with a definite outcome is never contradicted, and one whose schedule has
+        not run out is still the recovery worker's."""
+        in_doubt = self.operation_in_doubt
+        if sequence is None:
+            if in_doubt is None:
+                raise TransitionNotAllowed(
+                    f"the payment ({self.status.value}) has no operation in doubt",
+                    reason="NOTHING_TO_RESOLVE",
+                    metadata={"status": self.status.value},
+                )
+            sequence = in_doubt.sequence
+        if not 0 < sequence <= len(self.operations):
+            raise TransitionNotAllowed(
+                f"the payment has no operation {sequence}", reason="NOTHING_TO_RESOLVE"
+            )
+        op = self.operation(sequence)
+        if op.status not in IN_DOUBT:
+            raise TransitionNotAllowed(
+                f"operation {sequence} already ended as {op.status.value}: "
+                "a definite outcome is never overruled",
+                reason="OUTCOME_ALREADY_KNOWN",
+                metadata={"operationStatus": op.status.value, "sequence": str(sequence)},
+            )
+        if not op.review_required:
+            raise TransitionNotAllowed(
+                f"operation {sequence} is still being resolved by asking the provider",
+                reason="NOT_IN_REVIEW",
+                metadata={"sequence": str(sequence)},
+            )
+        status = _resolved_status(op.kind, outcome)
+        if status is None:
+            raise TransitionNotAllowed(
+                f"{outcome.value} is no outcome of a {op.kind.value}",
+                reason="OUTCOME_NOT_APPLICABLE",
+                metadata={"kind": op.kind.value, "outcome": outcome.value},
+            )
+        captured = 0
+        if op.kind is Kind.AUTHORIZE and outcome is Resolution.CAPTURED:
+            captured = op.amount
+        self._resolved_by_operator(
+            sequence=sequence,
+            outcome=outcome.value,
+            status=status.value,
+            provider_reference=provider_reference,
+            captured_amount=captured,
+            note=note,
+            caused_by=caused_by.as_data(),
+        )
+        return self.operation(sequence)
+
     def operation_by_key(self, provider_key: str) -> Operation | None:
         return next((op for op in self.operations if op.provider_key == provider_key), None)
 
@@ -788,6 +907,36 @@ class Payment(Aggregate):
         self, *, provider: str, event_id: str, kind: str, effect: str, caused_by: dict[str, str]
     ) -> None:
         self.provider_events += 1
+
+    @event(ResolvedByOperator)
+    def _resolved_by_operator(
+        self,
+        *,
+        sequence: int,
+        outcome: str,
+        status: str,
+        provider_reference: str,
+        captured_amount: int,
+        note: str,
+        caused_by: dict[str, str],
+    ) -> None:
+        op = self.operation(sequence)
+        settled = OpStatus(status)
+        reference = provider_reference or op.provider_reference
+        self._settle(sequence, status=settled, provider_reference=reference, failure_message=note)
+        if settled is OpStatus.SUCCEEDED:
+            if op.kind is Kind.AUTHORIZE:
+                self.authorized = True
+                self.provider_reference = reference
+                self.captured_amount = captured_amount
+            elif op.kind is Kind.CAPTURE:
+                self.captured_amount += op.amount
+            return
+        if settled is OpStatus.DECLINED:
+            self.decline_code = "declined"
+        self.failure_message = note
+        if op.kind is Kind.AUTHORIZE:
+            self.closed_as = Status.DECLINED if settled is OpStatus.DECLINED else Status.FAILED
 
     @event(ReviewRequired)
     def _review_required(self, *, sequence: int, message: str, caused_by: dict[str, str]) -> None:

@@ -77,9 +77,11 @@ class WebhookDelivery(Aggregate):
         self.decline_code = decline_code
         self.message = message
         self.outcome = ""  # "applied" or "unmatched" once processed
+        self.unmatched_reason = ""
 
     def applied(self, *, payment_id: UUID, payment_version: int, effect: str) -> None:
-        if not self.outcome:
+        # An unmatched delivery is applied once its payment becomes known: re-matched.
+        if self.outcome != "applied":
             self._applied(payment_id=payment_id, payment_version=payment_version, effect=effect)
 
     def unmatched(self, reason: str) -> None:
@@ -93,3 +95,4 @@ class WebhookDelivery(Aggregate):
     @event(Unmatched)
     def _unmatched(self, *, reason: str) -> None:
         self.outcome = "unmatched"
+        self.unmatched_reason = reason

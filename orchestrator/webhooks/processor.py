@@ -19,6 +19,12 @@ in the order they are issued and no lower id can become visible after a higher o
 that inserts without that lock (eventsourcing's ``POSTGRES_ENABLE_DB_FUNCTIONS``, or a batching
 recorder that drops it) would let this consumer skip a delivery for ever:
 ``tests/integration/test_positions.py`` checks that a save still waits for the lock.
+
+A delivery about a payment not known yet is kept ``Unmatched``. ``rematch`` re-tries those
+when a payment is created or learns its provider's id (``Requested``, ``Authorized``,
+``ResolvedByOperator``) after them; their ids are kept in memory, read once from the log at
+start, so with none the re-match costs one query per pass that found the log moved. A re-try
+saves the delivery's ``Applied`` with the payment: the delivery's version makes it happen once.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, ProcessingEvent
@@ -52,6 +59,12 @@ log = logging.getLogger("payorch.webhooks")
 
 TRACKING_NAME = "webhooks"
 _TOPICS = [get_topic(WebhookDelivery.Received)]
+_UNMATCHED = [get_topic(WebhookDelivery.Unmatched)]
+# Events after which a payment may be found by a delivery that named it: it exists, or the
+# provider's id for it is known (the reference index entry is saved with these).
+_PAYMENT_KNOWN = sorted(
+    get_topic(e) for e in (Payment.Requested, Payment.Authorized, Payment.ResolvedByOperator)
+)
 _CONFLICTS = 8
 
 # The kind of operation each webhook reports on.
@@ -84,6 +97,12 @@ class WebhookProcessor(BackgroundLoop):
         self._caught_up_to = 0
         # Told each delivery's result (metrics); None: nobody is told.
         self.on_result: Callable[[str], None] | None = None
+        # Deliveries left unmatched (by any consumer), re-tried when a payment becomes known,
+        # and the log position up to which both were looked for. Nothing is read for them
+        # while there are none but one query per pass that found the head moved.
+        self._unmatched: set[UUID] = set()
+        self._fresh: set[UUID] = set()  # left unmatched by this consumer since the last pass
+        self._watched = 0
 
     def position(self) -> int:
         return self.app.recorder.max_tracking_id(TRACKING_NAME) or 0  # type: ignore[attr-defined]
@@ -114,7 +133,7 @@ class WebhookProcessor(BackgroundLoop):
                 # Every delivery up to the head is applied: nothing below it can still appear
                 # (see the module's docstring), so the head is where the next pass starts.
                 self._advance(position, head)
-                return done
+                return done + self.rematch(head)
 
     def _advance(self, position: int, head: int) -> None:
         if head > position:
@@ -122,6 +141,74 @@ class WebhookProcessor(BackgroundLoop):
             with contextlib.suppress(IntegrityError):
                 self.app.recorder.insert_tracking(Tracking(TRACKING_NAME, head))  # type: ignore[attr-defined]
         self._caught_up_to = head
+
+    def rematch(self, head: int) -> int:
+        """Re-tries the unmatched deliveries if a payment became known since the last pass
+        (up to ``head``), and those newly unmatched once (their payment may have committed
+        just after they looked); returns how many it matched now."""
+        start, self._watched = self._watched, head
+        fresh = self._fresh | {
+            UUID(str(n.originator_id)) for n in self._between(start, head, _UNMATCHED)
+        }
+        self._fresh = set()
+        retry = set(fresh)
+        if self._unmatched and self._between(start, head, _PAYMENT_KNOWN, limit=1):
+            retry |= self._unmatched
+        self._unmatched |= fresh
+        matched = 0
+        for delivery_id in sorted(retry):
+            effect = self.retry(delivery_id)
+            if not effect.startswith("unmatched"):
+                self._unmatched.discard(delivery_id)
+                matched += effect.startswith("re-matched")
+        return matched
+
+    def _between(self, start: int, stop: int, topics: list[str], limit: int = 0) -> list[Any]:
+        found: list[Any] = []
+        while start < stop:
+            page = self.app.recorder.select_notifications(
+                start=start, limit=limit or self.batch, stop=stop, topics=topics,
+                inclusive_of_start=False,
+            )  # fmt: skip
+            found.extend(page)
+            if limit or len(page) < self.batch:
+                break
+            start = page[-1].id
+        return found
+
+    def retry(self, delivery_id: UUID) -> str:
+        """Applies an unmatched delivery if the payment it names is known now (an operator's
+        re-try, or ``rematch``). Saved with the payment, at most once: the delivery's version
+        is the lock. Returns the effect, "unmatched: ..." if still unmatched."""
+        for _ in range(_CONFLICTS):
+            try:
+                delivery: WebhookDelivery = self.app.repository.get(delivery_id)
+            except AggregateNotFoundError:
+                raise KeyError(f"no webhook delivery {delivery_id}") from None
+            if delivery.outcome != "unmatched":
+                return f"already {delivery.outcome or 'waiting for the consumer'}"
+            payment = self._payment_for(delivery)
+            if payment is None:
+                return f"unmatched: {delivery.unmatched_reason}"
+            effect, changed = self._apply_to(payment, delivery)
+            try:
+                self.app.save(payment, delivery, *changed)
+            except IntegrityError:
+                continue
+            log.info("webhook %s %s re-matched to payment %s: %s", delivery.provider,
+                     delivery.event_id, payment.id, effect)  # fmt: skip
+            return f"re-matched: {effect}"
+        raise RuntimeError(f"could not re-try webhook delivery {delivery_id}")
+
+    def unmatched(self) -> list[WebhookDelivery]:
+        """The deliveries still unmatched, oldest first: what an operator lists."""
+        found = {UUID(str(n.originator_id)) for n in self._between(0, self._head(), _UNMATCHED)}
+        deliveries: list[WebhookDelivery] = [self.app.repository.get(i) for i in found]
+        still = [d for d in deliveries if d.outcome == "unmatched"]
+        return sorted(still, key=lambda d: d.created_on)
+
+    def _head(self) -> int:
+        return self.app.recorder.max_notification_id() or 0
 
     def process(self, delivery_id: UUID, notification_id: int) -> str:
         for _ in range(_CONFLICTS):
@@ -148,7 +235,7 @@ class WebhookProcessor(BackgroundLoop):
         raise RuntimeError(f"could not apply webhook delivery {delivery_id}")
 
     def _apply(self, delivery: WebhookDelivery, processing: ProcessingEvent[UUID]) -> str:
-        if delivery.outcome:
+        if delivery.outcome == "applied":
             return f"already {delivery.outcome}"
         payment = self._payment_for(delivery)
         if payment is None:
@@ -158,7 +245,13 @@ class WebhookProcessor(BackgroundLoop):
             )
             log.warning("unmatched webhook %s %s: %s", delivery.provider, delivery.event_id, reason)
             delivery.unmatched(reason)
+            self._fresh.add(delivery.id)
             return f"unmatched: {reason}"
+        effect, changed = self._apply_to(payment, delivery)
+        processing.collect_events(payment, *changed)
+        return effect
+
+    def _apply_to(self, payment: Payment, delivery: WebhookDelivery) -> tuple[str, list[Aggregate]]:
         effect, changed = _effect(self.app, payment, delivery)
         payment.provider_event_received(
             provider=delivery.verified_by,
@@ -168,8 +261,7 @@ class WebhookProcessor(BackgroundLoop):
             caused_by=_cause(delivery),
         )
         delivery.applied(payment_id=payment.id, payment_version=payment.version, effect=effect)
-        processing.collect_events(payment, *changed)
-        return effect
+        return effect, changed
 
     def _payment_for(self, delivery: WebhookDelivery) -> Payment | None:
         """By our id when the provider echoes it, else by the operation's provider key (it

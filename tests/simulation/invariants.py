@@ -15,7 +15,8 @@ from orchestrator.audit.verify import verify
 from orchestrator.domain.payment import Payment, Status
 from orchestrator.listing import ListingProjector, row_of
 from orchestrator.ports import OutcomeStatus
-from tests.simulation.world import SCHEDULE, World, request_fingerprint
+from orchestrator.webhooks.processor import WebhookProcessor
+from tests.simulation.world import SCHEDULE, World, dashboard, request_fingerprint
 
 _OUTCOMES = (
     Payment.Authorized,
@@ -45,8 +46,51 @@ def check(world: World) -> list[str]:
     problems += _accounts_kept_apart(world)
     problems += _outbound_limits_held(world)
     problems += _listing_matches_the_log(world, [p for p, _ in payments])
+    problems += _operator_agrees_with_providers(world, payments)
+    problems += _deliveries_end_matched(world)
     report = verify(world.store, world.any_app().mapper)
     problems += [f"audit verify: {finding.line()}" for finding in report.findings]
+    return problems
+
+
+def _operator_agrees_with_providers(
+    world: World, payments: list[tuple[Payment, list[Any]]]
+) -> list[str]:
+    """Every operator's resolution says what the provider's ledger holds for its operation,
+    and nothing the operator could settle is left in review once the world is quiet."""
+    problems = []
+    for payment, events in payments:
+        for event in events:
+            if not isinstance(event, Payment.ResolvedByOperator):
+                continue
+            op = payment.operation(event.sequence)
+            truth = dashboard(world.providers[op.provider], payment, op)
+            if truth is None or truth[0] != event.outcome:
+                problems.append(
+                    f"payment {payment.id}: operator resolved operation {event.sequence} as "
+                    f"{event.outcome}, the provider's ledger shows {truth}"
+                )
+        review = payment.operation_in_doubt
+        if (
+            payment.status is Status.REQUIRES_REVIEW
+            and review is not None
+            and dashboard(world.providers[review.provider], payment, review) is not None
+        ):
+            problems.append(f"payment {payment.id}: left in review, the operator could settle")
+    return problems
+
+
+def _deliveries_end_matched(world: World) -> list[str]:
+    """A delivery left unmatched is matched once its payment is known: at the end none names
+    a payment (by our id, or by the provider's id payorch has learnt) and is still unmatched."""
+    app = world.any_app()
+    problems = []
+    for delivery in WebhookProcessor(app).unmatched():
+        if WebhookProcessor(app)._payment_for(delivery) is not None:
+            problems.append(
+                f"webhook {delivery.verified_by}/{delivery.event_id}: still unmatched, but its "
+                f"payment is known ({delivery.unmatched_reason})"
+            )
     return problems
 
 

@@ -56,6 +56,7 @@ class Faults:
     duplicate_rate: float = 0.0
     max_webhook_delay: float = 0.0
     stray_failure_rate: float = 0.0  # a late "failed" for an attempt it refused
+    reference_only_rate: float = 0.0  # an authorization's webhook naming only the charge
 
 
 @dataclass
@@ -110,6 +111,8 @@ class SimulatedProvider:
     peak: dict[tuple[str, int], int] = field(default_factory=dict)
     arrivals: dict[tuple[str, int], list[float]] = field(default_factory=dict)
     _events: int = 0
+    # Draws of its own for the webhook's shape, so the world's draws stay as they were.
+    quirks: random.Random = field(default_factory=lambda: random.Random(0))
 
     # --- the port ---------------------------------------------------------------------
 
@@ -267,13 +270,22 @@ class SimulatedProvider:
         self, kind: WebhookKind, op: ProviderOperation, reference: str, *, with_key: bool
     ) -> None:
         self._events += 1
+        # Some providers' authorization events name only their own charge: payorch learns
+        # which payment that is when it records the authorization, often after the event
+        # arrived (it timed out, recovery finds it later, or an operator records it): the
+        # delivery waits unmatched until then.
+        ours = not (
+            kind is WebhookKind.AUTHORIZATION_SUCCEEDED
+            and reference
+            and self.quirks.random() < self.faults.reference_only_rate
+        )
         body = json.dumps(
             {
                 "id": f"{self.name}_evt_{self._events}",
                 "kind": kind.value,
-                "payment_id": op.payment_id,
+                "payment_id": op.payment_id if ours else "",
                 "reference": reference,
-                "key": op.provider_key if with_key else "",
+                "key": op.provider_key if with_key and ours else "",
                 "amount": op.amount,
                 "currency": op.currency,
             },

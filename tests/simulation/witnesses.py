@@ -10,6 +10,7 @@ from __future__ import annotations
 from eventsourcing.utils import get_topic
 
 from orchestrator.domain.command import Command
+from orchestrator.domain.webhook import WebhookDelivery
 from tests.simulation.world import World
 
 # The path of each defect the simulator found, by the name its regression test uses.
@@ -20,6 +21,8 @@ CALLER_LOOKUP = "a caller's follow-up looked up an operation in doubt off the sc
 LEARNT_AFTER_ANSWER = "a command answered in doubt, and its outcome was learnt afterwards"
 KEYLESS_AMONG_SEVERAL = "an event without a key, about one of several operations of its kind"
 OVER_LIMIT = "a provider over its outbound limits refused a call (nothing sent)"
+OPERATOR_RESOLVED = "an operator settled a payment in review from the provider's ledger"
+REMATCHED = "a webhook that arrived before its payment was known was matched later"
 GHOST = "an actor crashed its replica before a wait that outlasted the replica's restart"
 UNBORN_GHOST = "an actor spawned for an incarnation that crashed came due on the next one"
 
@@ -47,6 +50,15 @@ def witnesses(world: World) -> set[str]:
     learnt = get_topic(Command.OutcomeLearned)
     if world.store.select_notifications(start=0, limit=1, topics=[learnt]):
         seen.add(LEARNT_AFTER_ANSWER)
+    if world.resolutions:
+        seen.add(OPERATOR_RESOLVED)
+    applied = get_topic(WebhookDelivery.Applied)
+    unmatched = get_topic(WebhookDelivery.Unmatched)
+    marked = {n.originator_id for n in world.store.select_notifications(
+        start=0, limit=10**6, topics=[unmatched])}  # fmt: skip
+    if any(n.originator_id in marked for n in world.store.select_notifications(
+        start=0, limit=10**6, topics=[applied])):  # fmt: skip
+        seen.add(REMATCHED)
     app = world.any_app()
     for page in app.event_pages():
         for _, event in page:

@@ -24,16 +24,23 @@ from payorch_client.retry import retryable
 from orchestrator.api.errors import status_code_for
 from orchestrator.application import Payments
 from orchestrator.bootstrap import resilient_route, webhook_verifiers
-from orchestrator.commands import CancelPayment, CapturePayment, CreatePayment, RefundPayment
+from orchestrator.commands import (
+    CancelPayment,
+    CapturePayment,
+    CreatePayment,
+    RefundPayment,
+    ResolvePayment,
+)
 from orchestrator.domain.command import fingerprint
 from orchestrator.domain.errors import (
     DomainError,
     IdempotencyKeyReused,
     PaymentNotFound,
 )
-from orchestrator.domain.payment import Payment, Status
+from orchestrator.domain.payment import Kind, Operation, Payment, Status
 from orchestrator.encryption import KeyedAESCipher
-from orchestrator.listing import ListingProjector
+from orchestrator.listing import ListingProjector, PaymentFilter
+from orchestrator.ports import OutcomeStatus
 from orchestrator.recovery import RecoveryWorker
 from orchestrator.resilience.provider import Stats
 from orchestrator.resilience.retry import full_jitter
@@ -51,6 +58,7 @@ CALL_TIMEOUT = 1.0  # a provider call's whole budget (the operation's deadline)
 SCHEDULE = (1.0, 2.0, 4.0)  # recovery lookups, seconds apart
 LOAD_SECONDS = 20.0  # callers start within this; faults and crashes end at its end
 SETTLE_SECONDS = 40.0  # then: recovery, webhooks and breakers have this long to settle
+OPERATOR_EVERY = 3.0  # seconds between an operator's looks at the review queue
 CALLER_DEADLINE = 2.5  # each call's gRPC deadline, as ``answer_by``
 # Two encryption keys (id:base64), fixed: made up for the simulation, they protect nothing.
 SIMULATION_KEYS = tuple(
@@ -273,6 +281,7 @@ class World:
     stats: Stats = field(default_factory=Stats)  # what every replica's resilient layer did
     apps: list[Payments] = field(default_factory=list)  # every replica's, crashed ones too
     started: dict[tuple[str, int], float] = field(default_factory=dict)  # each incarnation's
+    resolutions: list[tuple[str, int, str]] = field(default_factory=list)  # (payment, op, outcome)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -292,6 +301,13 @@ class World:
             )
             for name, (keys, faults) in self.scenario.providers.items()
         }
+        for name, provider in self.providers.items():
+            quirks = random.Random(f"{self.seed}.quirks.{name}")
+            provider.quirks = quirks
+            provider.faults = replace(
+                provider.faults, reference_only_rate=quirks.choice((0.0, 0.5, 1.0))
+            )
+        self.operator_rng = random.Random(f"{self.seed}.operator")
         self.hosts = [Host(f"replica{i}") for i in range(self.scenario.replicas)]
         self.replicas = {}
 
@@ -319,6 +335,7 @@ class World:
                 sched.spawn(f"customer{i}", self._customer(i), at=at)
             for name in self.providers:
                 sched.spawn(f"{name}.webhooks", self._postman(name), at=EPOCH)
+            sched.spawn("operator", self._operator(), at=EPOCH + OPERATOR_EVERY)
             sched.run(until=EPOCH + LOAD_SECONDS)
             # The storm ends: no more faults or crashes, every replica back up.
             sched.crash_rate = 0.0
@@ -494,6 +511,60 @@ class World:
                 lambda: self.call("reuse", other, _command_of(other, caller), caller),
             )
 
+    # --- the person who settles what needs one -------------------------------------------
+
+    def _operator(self) -> Callable[[], None]:
+        """Every few seconds an operator lists the payments in review and, for each, reads
+        the provider's dashboard (its ledger: the truth) and records what it shows."""
+        sched = self.scheduler
+        rng = self.operator_rng
+
+        def run() -> None:
+            while True:
+                sched.sleep(OPERATOR_EVERY)
+                live = [h for h in self.hosts if h.alive]
+                if not live:
+                    continue
+                host = live[rng.randrange(len(live))]
+                before = sched.bind(host)
+                try:
+                    self._settle_reviews(self.replicas[host.name].app)
+                except Crashed:
+                    pass  # its replica died under it: the next round asks another
+                finally:
+                    sched.bind(before)
+
+        return run
+
+    def _settle_reviews(self, app: Payments) -> None:
+        # The review queue: each account's payments in REQUIRES_REVIEW, from the listing.
+        queue = [
+            row.payment_id
+            for account in ACCOUNTS
+            for row in app.list_payments(
+                PaymentFilter(status=Status.REQUIRES_REVIEW), account=account, page_size=100
+            ).rows
+        ]
+        for payment_id in queue:
+            pid = str(payment_id)
+            payment = app.get_payment(payment_id)
+            op = payment.operation_in_doubt
+            if op is None or not op.review_required:
+                continue
+            seen = dashboard(self.providers[op.provider], payment, op)
+            if seen is None:
+                continue  # a cancel or refund that happened: no outcome says so
+            outcome, reference = seen
+            request = ResolvePayment(
+                f"resolve:{pid}:{op.sequence}", pid, outcome, f"dashboard: {outcome}",
+                op.sequence, reference,
+            )  # fmt: skip
+            try:
+                app.resolve_payment(request, scope="operator:sim", operator="sim")
+            except DomainError:
+                continue  # settled meanwhile (a late webhook): nothing to record
+            self.resolutions.append((pid, op.sequence, outcome))
+
     # --- webhooks on their way ---------------------------------------------------------
 
     def _postman(self, name: str) -> Callable[[], None]:
@@ -589,6 +660,25 @@ def _command_of(
     return lambda app: getattr(app, method)(
         request, scope=caller.scope, account=caller.account, answer_by=deadline()
     )
+
+
+def dashboard(
+    provider: SimulatedProvider, payment: Payment, op: Operation
+) -> tuple[str, str] | None:
+    """What the provider's dashboard shows for ``op``: the outcome an operator records, and
+    the charge's id. ``None`` for a cancel or refund that happened (no outcome says so)."""
+    moved = [m for m in provider.ledger if m.provider_key == op.provider_key]
+    if not moved:
+        return "not_found", ""
+    movement = moved[0]
+    if movement.status is not OutcomeStatus.SUCCEEDED:
+        return "declined", ""
+    if op.kind is Kind.AUTHORIZE:
+        automatic = payment.capture_mode == "automatic"
+        return ("captured" if automatic else "authorized"), movement.reference
+    if op.kind is Kind.CAPTURE:
+        return "captured", movement.reference
+    return None
 
 
 def summary(payment: Payment) -> tuple[Any, ...]:

@@ -47,6 +47,14 @@ class OperationStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OPERATION_STATUS_SUCCEEDED: _ClassVar[OperationStatus]
     OPERATION_STATUS_DECLINED: _ClassVar[OperationStatus]
     OPERATION_STATUS_FAILED: _ClassVar[OperationStatus]
+
+class Resolution(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESOLUTION_UNSPECIFIED: _ClassVar[Resolution]
+    RESOLUTION_AUTHORIZED: _ClassVar[Resolution]
+    RESOLUTION_CAPTURED: _ClassVar[Resolution]
+    RESOLUTION_DECLINED: _ClassVar[Resolution]
+    RESOLUTION_NOT_FOUND: _ClassVar[Resolution]
 CAPTURE_MODE_UNSPECIFIED: CaptureMode
 CAPTURE_MODE_AUTOMATIC: CaptureMode
 CAPTURE_MODE_MANUAL: CaptureMode
@@ -73,6 +81,11 @@ OPERATION_STATUS_UNKNOWN: OperationStatus
 OPERATION_STATUS_SUCCEEDED: OperationStatus
 OPERATION_STATUS_DECLINED: OperationStatus
 OPERATION_STATUS_FAILED: OperationStatus
+RESOLUTION_UNSPECIFIED: Resolution
+RESOLUTION_AUTHORIZED: Resolution
+RESOLUTION_CAPTURED: Resolution
+RESOLUTION_DECLINED: Resolution
+RESOLUTION_NOT_FOUND: Resolution
 
 class CreatePaymentRequest(_message.Message):
     __slots__ = ("idempotency_key", "amount", "currency", "payment_method", "region", "capture_mode", "reference", "metadata")
@@ -130,6 +143,22 @@ class RefundPaymentRequest(_message.Message):
     amount: int
     reason: str
     def __init__(self, idempotency_key: _Optional[str] = ..., payment_id: _Optional[str] = ..., amount: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ResolvePaymentRequest(_message.Message):
+    __slots__ = ("idempotency_key", "payment_id", "outcome", "note", "operation", "provider_reference")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    payment_id: str
+    outcome: Resolution
+    note: str
+    operation: int
+    provider_reference: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., payment_id: _Optional[str] = ..., outcome: _Optional[_Union[Resolution, str]] = ..., note: _Optional[str] = ..., operation: _Optional[int] = ..., provider_reference: _Optional[str] = ...) -> None: ...
 
 class GetPaymentRequest(_message.Message):
     __slots__ = ("payment_id",)

@@ -74,6 +74,11 @@ class PaymentOrchestratorStub:
                 request_serializer=payments_dot_v1_dot_payments__pb2.ListPaymentsRequest.SerializeToString,
                 response_deserializer=payments_dot_v1_dot_payments__pb2.ListPaymentsResponse.FromString,
                 _registered_method=True)
+        self.ResolvePayment = channel.unary_unary(
+                '/payments.v1.PaymentOrchestrator/ResolvePayment',
+                request_serializer=payments_dot_v1_dot_payments__pb2.ResolvePaymentRequest.SerializeToString,
+                response_deserializer=payments_dot_v1_dot_payments__pb2.Payment.FromString,
+                _registered_method=True)
 
 
 class PaymentOrchestratorServicer:
@@ -138,6 +143,14 @@ class PaymentOrchestratorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResolvePayment(self, request, context):
+        """An operator (role operator) records what the provider's dashboard shows for a payment's
+        operation in review. Idempotent by its key; never overrules a definite outcome.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PaymentOrchestratorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -180,6 +193,11 @@ def add_PaymentOrchestratorServicer_to_server(servicer, server):
                     servicer.ListPayments,
                     request_deserializer=payments_dot_v1_dot_payments__pb2.ListPaymentsRequest.FromString,
                     response_serializer=payments_dot_v1_dot_payments__pb2.ListPaymentsResponse.SerializeToString,
+            ),
+            'ResolvePayment': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolvePayment,
+                    request_deserializer=payments_dot_v1_dot_payments__pb2.ResolvePaymentRequest.FromString,
+                    response_serializer=payments_dot_v1_dot_payments__pb2.Payment.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -398,6 +416,33 @@ class PaymentOrchestrator:
             '/payments.v1.PaymentOrchestrator/ListPayments',
             payments_dot_v1_dot_payments__pb2.ListPaymentsRequest.SerializeToString,
             payments_dot_v1_dot_payments__pb2.ListPaymentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolvePayment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/payments.v1.PaymentOrchestrator/ResolvePayment',
+            payments_dot_v1_dot_payments__pb2.ResolvePaymentRequest.SerializeToString,
+            payments_dot_v1_dot_payments__pb2.Payment.FromString,
             options,
             channel_credentials,
             insecure,
