@@ -1081,3 +1081,39 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def add_window_arguments(
+    parser: argparse.ArgumentParser, *, concurrency: int, runs: int, runs_help: str,
+    concurrency_help: str = "calls in flight", workers_help: str = "--grpc-workers of the server",
+) -> None:  # fmt: skip
+    """The timed-window options of the PostgreSQL-only comparisons (metrics.py,
+    processes.py), beside the machine's (``add_machine_arguments``)."""
+    parser.add_argument("--concurrency", type=int, default=concurrency, help=concurrency_help)
+    parser.add_argument("--warmup", type=float, help="seconds before each window (2; 1 --quick)")
+    parser.add_argument("--duration", type=float, help="timed window, seconds (10; 4 --quick)")
+    parser.add_argument("--quick", action="store_true", help="1 s warm-up, 4 s window")
+    parser.add_argument("--runs", type=int, default=runs, help=runs_help)
+    parser.add_argument("--server-workers", type=int, help=workers_help)
+    add_machine_arguments(parser, postgres_default=DEFAULT_POSTGRES_URL)
+
+
+def postgres_window(args: argparse.Namespace) -> Options:
+    """The Options of a PostgreSQL-only comparison, from ``add_window_arguments``'."""
+    return Options(
+        backends=("postgres",),
+        concurrency=args.concurrency,
+        warmup=args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0),
+        duration=args.duration if args.duration is not None else (4.0 if args.quick else 10.0),
+        runs=args.runs,
+        commit_threads=1,
+        server_workers=args.server_workers,
+        call_timeout=10.0,
+        startup_timeout=args.startup_timeout,
+        postgres_url=args.postgres_url,
+        quiet_threshold=args.quiet_threshold,
+        quiet_wait=args.quiet_wait,
+        noise_cores=args.noise_cores,
+        keep_tmp=args.keep_tmp,
+        sandbox_latency_ms=0,
+    )

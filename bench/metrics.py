@@ -26,18 +26,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from benchlib import add_machine_arguments
 from create_payment import (
     _PAYORCH_LISTENING,
-    DEFAULT_POSTGRES_URL,
     RESULTS,
     BenchError,
     Options,
+    add_window_arguments,
     child,
     exit_on_sigterm,
     fresh_postgres_database,
     load,
     postgres_problem,
+    postgres_window,
     scratch_dir,
     start_sandbox,
     wait_serving,
@@ -92,31 +92,9 @@ def checks(phases: list[dict[str, Any]]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--concurrency", type=int, default=32, help="calls in flight")
-    parser.add_argument("--warmup", type=float, help="seconds before each window (2; 1 --quick)")
-    parser.add_argument("--duration", type=float, help="timed window, seconds (10; 4 --quick)")
-    parser.add_argument("--quick", action="store_true", help="1 s warm-up, 4 s window")
-    parser.add_argument("--runs", type=int, default=3, help="off/on pairs; the median ratio")
-    parser.add_argument("--server-workers", type=int, help="--grpc-workers of the server")
-    add_machine_arguments(parser, postgres_default=DEFAULT_POSTGRES_URL)
+    add_window_arguments(parser, concurrency=32, runs=3, runs_help="off/on pairs; the median ratio")
     args = parser.parse_args(argv)
-    opts = Options(
-        backends=("postgres",),
-        concurrency=args.concurrency,
-        warmup=args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0),
-        duration=args.duration if args.duration is not None else (4.0 if args.quick else 10.0),
-        runs=args.runs,
-        commit_threads=1,
-        server_workers=args.server_workers,
-        call_timeout=10.0,
-        startup_timeout=args.startup_timeout,
-        postgres_url=args.postgres_url,
-        quiet_threshold=args.quiet_threshold,
-        quiet_wait=args.quiet_wait,
-        noise_cores=args.noise_cores,
-        keep_tmp=args.keep_tmp,
-        sandbox_latency_ms=0,
-    )
+    opts = postgres_window(args)
     exit_on_sigterm()
     if problem := postgres_problem(opts.postgres_url):
         print(problem, file=sys.stderr)

@@ -32,20 +32,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchlib import add_machine_arguments
 from create_payment import (
     _PAYORCH_LISTENING,
-    DEFAULT_POSTGRES_URL,
     RESULTS,
     BenchError,
     Child,
     Options,
+    add_window_arguments,
     child,
     exit_on_sigterm,
     fresh_postgres_database,
     ledger_counts,
     load,
     postgres_problem,
+    postgres_window,
     scratch_dir,
     start_sandbox,
     wait_serving,
@@ -124,31 +124,16 @@ def cpu_line(p: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--concurrency", type=int, default=64, help="calls in flight, in all")
-    parser.add_argument("--warmup", type=float, help="seconds before each window (2; 1 --quick)")
-    parser.add_argument("--duration", type=float, help="timed window, seconds (10; 4 --quick)")
-    parser.add_argument("--quick", action="store_true", help="1 s warm-up, 4 s window")
-    parser.add_argument("--runs", type=int, default=1, help="repeat the pair; report medians")
-    parser.add_argument("--server-workers", type=int, help="--grpc-workers of each server")
-    add_machine_arguments(parser, postgres_default=DEFAULT_POSTGRES_URL)
-    args = parser.parse_args(argv)
-    opts = Options(
-        backends=("postgres",),
-        concurrency=args.concurrency,
-        warmup=args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0),
-        duration=args.duration if args.duration is not None else (4.0 if args.quick else 10.0),
-        runs=args.runs,
-        commit_threads=1,
-        server_workers=args.server_workers,
-        call_timeout=10.0,
-        startup_timeout=args.startup_timeout,
-        postgres_url=args.postgres_url,
-        quiet_threshold=args.quiet_threshold,
-        quiet_wait=args.quiet_wait,
-        noise_cores=args.noise_cores,
-        keep_tmp=args.keep_tmp,
-        sandbox_latency_ms=0,
+    add_window_arguments(
+        parser,
+        concurrency=64,
+        concurrency_help="calls in flight, in all",
+        runs=1,
+        runs_help="repeat the pair; report medians",
+        workers_help="--grpc-workers of each server",
     )
+    args = parser.parse_args(argv)
+    opts = postgres_window(args)
     exit_on_sigterm()
     if problem := postgres_problem(opts.postgres_url):
         print(problem, file=sys.stderr)
