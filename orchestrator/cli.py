@@ -172,7 +172,7 @@ def _add_operator_commands(
         action.add_argument("--database-url", help="env PAYORCH_DATABASE_URL")
 
 
-OUTCOMES = ("authorized", "captured", "declined", "not-found")
+OUTCOMES = ("authorized", "captured", "declined", "not-found", "canceled", "refunded")
 
 
 def hash_token_from_stdin() -> int:

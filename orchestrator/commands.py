@@ -119,7 +119,7 @@ class RefundPayment:
 
 
 # What an operator may record: the values of ``orchestrator.domain.payment.Resolution``.
-RESOLUTIONS = ("authorized", "captured", "declined", "not_found")
+RESOLUTIONS = ("authorized", "captured", "declined", "not_found", "canceled", "refunded")
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,8 @@ _RESOLUTIONS = {
     pb.RESOLUTION_CAPTURED: "captured",
     pb.RESOLUTION_DECLINED: "declined",
     pb.RESOLUTION_NOT_FOUND: "not_found",
+    pb.RESOLUTION_CANCELED: "canceled",
+    pb.RESOLUTION_REFUNDED: "refunded",
 }
 _STREAM_PAGE = 500
 _FOLLOW_POLL = 0.1  # seconds between looks for new events while following

@@ -429,4 +429,8 @@ def _resolved(
         return Kind.CAPTURE, event.captured_amount
     if op.kind == "capture":
         return Kind.CAPTURE, op.amount
-    return None, 0
+    if op.kind == "refund":
+        if event.provider_reference and event.provider_reference != payment.reference:
+            op.object_id = event.provider_reference  # the refund's own id, as for Refunded
+        return Kind.REFUND, op.amount
+    return None, 0  # a cancel moves no money

@@ -122,13 +122,15 @@ class Resolution(enum.StrEnum):
     AUTHORIZED = "authorized"  # the charge exists, authorized and not captured
     CAPTURED = "captured"  # the charge exists and was captured
     DECLINED = "declined"  # the provider declined it
-    NOT_FOUND = "not_found"  # the provider has no such charge: no money moved
+    NOT_FOUND = "not_found"  # the provider has no such charge (or refund): no money moved
+    CANCELED = "canceled"  # the authorization was canceled (voided), nothing captured
+    REFUNDED = "refunded"  # the refund exists and succeeded
 
 
 def _resolved_status(kind: Kind, outcome: Resolution) -> OpStatus | None:
     """What ``outcome`` means for an operation of ``kind``: it succeeded, was declined, or
     certainly moved nothing (failed). ``None`` when the outcome cannot describe the result of
-    such an operation (a canceled or refunded charge is neither authorized nor captured)."""
+    such an operation (a refund says nothing of an authorization, say)."""
     if outcome is Resolution.DECLINED:
         return OpStatus.DECLINED
     if outcome is Resolution.NOT_FOUND:
@@ -139,7 +141,10 @@ def _resolved_status(kind: Kind, outcome: Resolution) -> OpStatus | None:
         (Kind.AUTHORIZE, Resolution.CAPTURED): OpStatus.SUCCEEDED,
         (Kind.CAPTURE, Resolution.CAPTURED): OpStatus.SUCCEEDED,
         (Kind.CAPTURE, Resolution.AUTHORIZED): OpStatus.FAILED,  # not captured
+        (Kind.CAPTURE, Resolution.CANCELED): OpStatus.FAILED,  # voided, never captured
+        (Kind.CANCEL, Resolution.CANCELED): OpStatus.SUCCEEDED,
         (Kind.CANCEL, Resolution.AUTHORIZED): OpStatus.FAILED,  # still authorized
+        (Kind.REFUND, Resolution.REFUNDED): OpStatus.SUCCEEDED,
         (Kind.REFUND, Resolution.CAPTURED): OpStatus.FAILED,  # still captured
     }
     return table.get((kind, outcome))
@@ -931,6 +936,10 @@ class Payment(Aggregate):
                 self.captured_amount = captured_amount
             elif op.kind is Kind.CAPTURE:
                 self.captured_amount += op.amount
+            elif op.kind is Kind.CANCEL:
+                self.closed_as = Status.CANCELED
+            elif op.kind is Kind.REFUND:
+                self.refunded_amount += op.amount
             return
         if settled is OpStatus.DECLINED:
             self.decline_code = "declined"

@@ -20,7 +20,7 @@ from adapters.sandbox import SandboxServer, new_webhook_secret
 from adapters.stripe import StripeAdapter
 from adapters.stripe.transformers import from_stripe_amount
 from orchestrator.application import Payments
-from orchestrator.audit.reconcile import reconcile
+from orchestrator.audit.reconcile import our_movements, reconcile
 from orchestrator.audit.statements import (
     Kind,
     Movement,
@@ -38,7 +38,7 @@ from orchestrator.bootstrap import (
 from orchestrator.cli import main
 from orchestrator.commands import CancelPayment, CreatePayment
 from orchestrator.domain.money import CURRENCIES
-from orchestrator.domain.payment import Status
+from orchestrator.domain.payment import Resolution, Status
 from orchestrator.resilience.provider import Stats
 from orchestrator.routing import DEFAULT_ROUTE, Router
 from orchestrator.secrets import Secret
@@ -568,3 +568,29 @@ def test_a_kind_or_reference_of_its_own_never_matches() -> None:
     assert len(report.missing_at_provider) == len(report.missing_in_log) == 2
     assert report.ours["USD"].net == 200
     assert report.theirs["USD"].net == -400
+
+
+def test_an_operators_refund_and_capture_are_movements_a_cancel_is_none(app: Payments) -> None:
+    """What an operator read on the dashboard happened: a refund or capture settled by a
+    person is a movement like one the provider answered; a cancel moves no money."""
+    from tests.unit.domain.test_operator_resolution import BY, in_review
+    from tests.unit.domain.test_payment import CAUSE, DEADLINE, authorized, captured
+
+    refunded = captured(1000)
+    refunded.start_refund(400, reason="", deadline=DEADLINE, cause=CAUSE)
+    in_review(refunded)
+    refunded.resolve_by_operator(
+        Resolution.REFUNDED, note="re_1", caused_by=BY, provider_reference="re_1"
+    )
+    canceled = authorized(700)
+    canceled.start_cancel(deadline=DEADLINE, cause=CAUSE)
+    in_review(canceled)
+    canceled.resolve_by_operator(Resolution.CANCELED, note="voided", caused_by=BY)
+    app.save(refunded, canceled)
+
+    movements = [m for m in our_movements(app, "sandbox") if m.amount]
+    mine = {(m.kind, m.amount) for m in movements}
+    assert (Kind.REFUND, 400) in mine
+    assert (Kind.CAPTURE, 1000) in mine
+    assert {m.kind for m in movements} <= {Kind.CAPTURE, Kind.REFUND}
+    assert (Kind.CAPTURE, 700) not in mine  # canceled: only authorized, never captured

@@ -143,6 +143,31 @@ def test_a_definite_outcome_is_never_contradicted(trusted: TrustedFactory) -> No
     assert server.app.get_payment(payment.id).status is Status.AUTHORIZED
 
 
+def test_a_refund_in_review_seen_refunded_on_the_dashboard_is_recorded_as_refunded(
+    trusted: TrustedFactory,
+) -> None:
+    """A refund known only from its webhook (Adyen's way), whose webhook never came."""
+    server = trusted(client_ca=False, callers=OPERATORS)
+    payment = requested()
+    payment.start_authorization(provider="sandbox", deadline=NOW, cause=CAUSE)
+    payment.record_success(1, provider_reference="ch_9", amount=0, caused_by=CAUSE)
+    capture = payment.start_capture(None, deadline=NOW, cause=CAUSE)
+    payment.record_success(
+        capture.sequence, provider_reference="ch_9", amount=1500, caused_by=CAUSE
+    )
+    refund = payment.start_refund(600, reason="", deadline=NOW, cause=CAUSE)
+    payment.record_unknown(refund.sequence, message="timed out", caused_by=CAUSE)
+    payment.require_review(refund.sequence, message="no webhook", caused_by=RecoveryCause())
+    server.app.save(payment)
+    resolved = server.stub().ResolvePayment(
+        resolve_request(payment, outcome=pb.RESOLUTION_REFUNDED, provider_reference="re_9"),
+        metadata=bearer(OPERATOR_TOKEN),
+    )
+    assert resolved.status == pb.PAYMENT_STATUS_PARTIALLY_REFUNDED
+    assert resolved.refunded_amount == 600
+    assert server.app.get_payment(payment.id).refunded_amount == 600
+
+
 @pytest.mark.parametrize(
     ("fields", "reason"),
     [

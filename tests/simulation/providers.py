@@ -106,6 +106,9 @@ class SimulatedProvider:
     lookups: list[tuple[str, float, str]] = field(default_factory=list)
     outbox: list[Webhook] = field(default_factory=list)
     quiet: bool = False  # after the load: no more faults, so the run can settle
+    # Lookups find only authorizations: the rest is learnt from webhooks or not at all (Adyen
+    # has no request that reads a modification), so a lost webhook leaves it for a person.
+    modifications_by_webhook_only: bool = False
     # by (replica, incarnation): calls in flight now, the most at once, each arrival's time
     in_flight: dict[tuple[str, int], int] = field(default_factory=dict)
     peak: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -137,6 +140,8 @@ class SimulatedProvider:
             self._travel(timeout)
             self.lookups.append((op.provider_key, self.scheduler.now, self.scheduler.current.name))
             found = self.by_key.get(op.provider_key)
+            if self.modifications_by_webhook_only and op.kind is not OperationKind.AUTHORIZE:
+                found = None
             self._back()
             return found
 

@@ -22,6 +22,7 @@ LEARNT_AFTER_ANSWER = "a command answered in doubt, and its outcome was learnt a
 KEYLESS_AMONG_SEVERAL = "an event without a key, about one of several operations of its kind"
 OVER_LIMIT = "a provider over its outbound limits refused a call (nothing sent)"
 OPERATOR_RESOLVED = "an operator settled a payment in review from the provider's ledger"
+OPERATOR_SETTLED_REVERSAL = "an operator recorded a cancel or refund in review as done"
 REMATCHED = "a webhook that arrived before its payment was known was matched later"
 GHOST = "an actor crashed its replica before a wait that outlasted the replica's restart"
 UNBORN_GHOST = "an actor spawned for an incarnation that crashed came due on the next one"
@@ -52,6 +53,8 @@ def witnesses(world: World) -> set[str]:
         seen.add(LEARNT_AFTER_ANSWER)
     if world.resolutions:
         seen.add(OPERATOR_RESOLVED)
+    if any(outcome in ("canceled", "refunded") for _, _, outcome in world.resolutions):
+        seen.add(OPERATOR_SETTLED_REVERSAL)
     applied = get_topic(WebhookDelivery.Applied)
     unmatched = get_topic(WebhookDelivery.Unmatched)
     marked = {n.originator_id for n in world.store.select_notifications(

@@ -307,6 +307,11 @@ class World:
             provider.faults = replace(
                 provider.faults, reference_only_rate=quirks.choice((0.0, 0.5, 1.0))
             )
+            # Like Adyen: a capture, cancel or refund is known only from its webhook. A draw of
+            # its own, so the world's and the quirks' draws stay as they were.
+            provider.modifications_by_webhook_only = (
+                random.Random(f"{self.seed}.lookups.{name}").random() < 0.3
+            )
         self.operator_rng = random.Random(f"{self.seed}.operator")
         self.hosts = [Host(f"replica{i}") for i in range(self.scenario.replicas)]
         self.replicas = {}
@@ -551,10 +556,7 @@ class World:
             op = payment.operation_in_doubt
             if op is None or not op.review_required:
                 continue
-            seen = dashboard(self.providers[op.provider], payment, op)
-            if seen is None:
-                continue  # a cancel or refund that happened: no outcome says so
-            outcome, reference = seen
+            outcome, reference = dashboard(self.providers[op.provider], payment, op)
             request = ResolvePayment(
                 f"resolve:{pid}:{op.sequence}", pid, outcome, f"dashboard: {outcome}",
                 op.sequence, reference,
@@ -662,11 +664,9 @@ def _command_of(
     )
 
 
-def dashboard(
-    provider: SimulatedProvider, payment: Payment, op: Operation
-) -> tuple[str, str] | None:
+def dashboard(provider: SimulatedProvider, payment: Payment, op: Operation) -> tuple[str, str]:
     """What the provider's dashboard shows for ``op``: the outcome an operator records, and
-    the charge's id. ``None`` for a cancel or refund that happened (no outcome says so)."""
+    the charge's (or refund's) id."""
     moved = [m for m in provider.ledger if m.provider_key == op.provider_key]
     if not moved:
         return "not_found", ""
@@ -678,7 +678,9 @@ def dashboard(
         return ("captured" if automatic else "authorized"), movement.reference
     if op.kind is Kind.CAPTURE:
         return "captured", movement.reference
-    return None
+    if op.kind is Kind.CANCEL:
+        return "canceled", movement.reference
+    return "refunded", movement.reference
 
 
 def summary(payment: Payment) -> tuple[Any, ...]:

@@ -13,7 +13,7 @@ from orchestrator.domain.payment import (
     Resolution,
     Status,
 )
-from tests.unit.domain.test_payment import CAUSE, DEADLINE, authorized, requested
+from tests.unit.domain.test_payment import CAUSE, DEADLINE, authorized, captured, requested
 
 BY = OperatorCause("alice", "operator:alice", "resolve-1")
 
@@ -110,3 +110,55 @@ def test_a_resolution_replays_to_the_same_payment() -> None:
         rebuilt = e.mutate(rebuilt)  # type: ignore[assignment]
     assert rebuilt is not None
     assert rebuilt.status is Status.CAPTURED and rebuilt.captured_amount == 1000
+
+
+def test_a_cancel_in_review_seen_canceled_cancels_the_payment() -> None:
+    payment = authorized(1000)
+    payment.start_cancel(deadline=DEADLINE, cause=CAUSE)
+    in_review(payment)
+    op = payment.resolve_by_operator(Resolution.CANCELED, note="voided", caused_by=BY)
+    assert op.status is OpStatus.SUCCEEDED
+    assert payment.status is Status.CANCELED
+    assert payment.captured_amount == 0
+
+
+def test_a_cancel_in_review_seen_still_authorized_failed() -> None:
+    payment = authorized(1000)
+    payment.start_cancel(deadline=DEADLINE, cause=CAUSE)
+    in_review(payment)
+    op = payment.resolve_by_operator(Resolution.AUTHORIZED, note="not voided", caused_by=BY)
+    assert op.status is OpStatus.FAILED
+    assert payment.status is Status.AUTHORIZED
+
+
+def test_a_refund_in_review_seen_refunded_counts_its_amount_once() -> None:
+    payment = captured(1000)
+    payment.start_refund(400, reason="", deadline=DEADLINE, cause=CAUSE)
+    in_review(payment)
+    op = payment.resolve_by_operator(
+        Resolution.REFUNDED, note="re_1 succeeded", caused_by=BY, provider_reference="re_1"
+    )
+    assert op.status is OpStatus.SUCCEEDED and op.provider_reference == "re_1"
+    assert payment.refunded_amount == 400
+    assert payment.status is Status.PARTIALLY_REFUNDED
+
+
+def test_a_refund_in_review_with_no_such_refund_moved_nothing() -> None:
+    payment = captured(1000)
+    payment.start_refund(None, reason="", deadline=DEADLINE, cause=CAUSE)
+    in_review(payment)
+    op = payment.resolve_by_operator(Resolution.NOT_FOUND, note="no refund", caused_by=BY)
+    assert op.status is OpStatus.FAILED
+    assert payment.refunded_amount == 0
+    assert payment.status is Status.CAPTURED
+
+
+@pytest.mark.parametrize("outcome", [Resolution.CANCELED, Resolution.REFUNDED])
+def test_an_authorization_cannot_be_resolved_as_canceled_or_refunded(
+    outcome: Resolution,
+) -> None:
+    payment = in_review(requested())
+    with pytest.raises(TransitionNotAllowed) as refused:
+        payment.resolve_by_operator(outcome, note="?", caused_by=BY)
+    assert refused.value.reason == "OUTCOME_NOT_APPLICABLE"
+    assert payment.status is Status.REQUIRES_REVIEW

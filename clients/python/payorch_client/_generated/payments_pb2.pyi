@@ -55,6 +55,8 @@ class Resolution(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RESOLUTION_CAPTURED: _ClassVar[Resolution]
     RESOLUTION_DECLINED: _ClassVar[Resolution]
     RESOLUTION_NOT_FOUND: _ClassVar[Resolution]
+    RESOLUTION_CANCELED: _ClassVar[Resolution]
+    RESOLUTION_REFUNDED: _ClassVar[Resolution]
 CAPTURE_MODE_UNSPECIFIED: CaptureMode
 CAPTURE_MODE_AUTOMATIC: CaptureMode
 CAPTURE_MODE_MANUAL: CaptureMode
@@ -86,6 +88,8 @@ RESOLUTION_AUTHORIZED: Resolution
 RESOLUTION_CAPTURED: Resolution
 RESOLUTION_DECLINED: Resolution
 RESOLUTION_NOT_FOUND: Resolution
+RESOLUTION_CANCELED: Resolution
+RESOLUTION_REFUNDED: Resolution
 
 class CreatePaymentRequest(_message.Message):
     __slots__ = ("idempotency_key", "amount", "currency", "payment_method", "region", "capture_mode", "reference", "metadata")
