@@ -548,13 +548,15 @@ def drain(
     # here; the listeners stay up meanwhile, to say so. New commands are refused UNAVAILABLE.
     server.stop_serving()
     app.drain.close()
+    # Each worker finishes the item it is on (a provider lookup, a delivery) and starts no
+    # other; what is left is for another replica, or this one's next start.
+    for worker in workers:
+        worker.request_stop()
     in_flight = app.drain.in_flight
     log.info("drain: %d command(s) in flight, no new ones taken", in_flight)
     # In slices: a second signal's handler runs between them, not inside a wait.
     while app.drain.in_flight and not now.is_set() and time.monotonic() < deadline:
         app.drain.wait_empty(min(deadline - time.monotonic(), 0.1))
-    for worker in workers:
-        worker.request_stop()  # each finishes the item it is on (a provider lookup, a delivery)
 
     def remaining(at_most: float) -> float:
         return 0.0 if now.is_set() else min(max(deadline - time.monotonic(), 0.0), at_most)
