@@ -3,8 +3,10 @@ ones are refused UNAVAILABLE, and what the grace cannot wait for is left in doub
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -248,3 +250,22 @@ def payment_of_exists(app: Payments, key: str) -> bool:
 
 def not_ready(http_port: int) -> bool:
     return httpx.get(f"http://127.0.0.1:{http_port}/readyz").status_code == 503
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--drain-grace", "-1"], {}, "--drain-grace must be a number of seconds >= 0"),
+        ([], {"PAYORCH_DRAIN_GRACE": "soon"}, "PAYORCH_DRAIN_GRACE must be a number of seconds"),
+    ],
+)
+def test_a_drain_grace_that_is_no_number_of_seconds_stops_the_start(
+    args: list[str], env: dict[str, str], message: str, tmp_path: Path
+) -> None:
+    environment = {**os.environ, "PAYORCH_DATABASE_URL": f"sqlite:///{tmp_path / 'p.db'}", **env}
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "serve", *args],
+        env=environment, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert (done.returncode, message in done.stderr) == (2, True), done.stderr
+    assert not (tmp_path / "p.db").exists()
