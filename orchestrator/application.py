@@ -12,12 +12,13 @@ Every command follows the same path:
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
@@ -58,6 +59,7 @@ from orchestrator.domain.payment import (
     Resolution,
 )
 from orchestrator.domain.reference import ProviderReference, reference_id
+from orchestrator.drain import DrainGate
 from orchestrator.encryption import CIPHER_TOPIC
 from orchestrator.listing import ListingPage, PaymentFilter, PaymentListing
 from orchestrator.logs import working_on
@@ -99,6 +101,23 @@ PAYMENT_EVENT_TOPICS = [
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _gated(
+    command: Callable[Concatenate[Payments, P], R],
+) -> Callable[Concatenate[Payments, P], R]:
+    """A command counted by the drain gate while it runs, refused once the server drains."""
+
+    @functools.wraps(command)
+    def gated(self: Payments, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self.drain.admitted():
+            return command(self, *args, **kwargs)
+
+    return gated
 
 
 class Payments(Application[UUID]):
@@ -156,6 +175,7 @@ class Payments(Application[UUID]):
         self.recovery_stats = Stats()
         self.results = ResultCache(result_cache_size)  # definite answers: replays read nothing
         self.listing = PaymentListing(self.recorder)  # kept by ListingProjector
+        self.drain = DrainGate()  # closed on SIGTERM: see orchestrator/drain.py
 
     def construct_recorder(self) -> ProcessRecorder:
         # A process recorder: the application recorder plus a tracking table, so that what
@@ -239,6 +259,7 @@ class Payments(Application[UUID]):
 
     # --- commands -------------------------------------------------------------------------
 
+    @_gated
     def create_payment(
         self,
         request: CreatePayment,
@@ -313,6 +334,7 @@ class Payments(Application[UUID]):
             retry_after=min(r.retry_after() for r in routes),
         )
 
+    @_gated
     def capture_payment(
         self,
         request: CapturePayment,
@@ -331,6 +353,7 @@ class Payments(Application[UUID]):
 
         return self._follow_up(cmd, scope, account, answer_by, start)
 
+    @_gated
     def cancel_payment(
         self,
         request: CancelPayment,
@@ -348,6 +371,7 @@ class Payments(Application[UUID]):
 
         return self._follow_up(cmd, scope, account, answer_by, start)
 
+    @_gated
     def refund_payment(
         self,
         request: RefundPayment,
@@ -368,6 +392,7 @@ class Payments(Application[UUID]):
 
         return self._follow_up(cmd, scope, account, answer_by, start)
 
+    @_gated
     def resolve_payment(self, request: ResolvePayment, *, scope: str, operator: str) -> Payment:
         """An operator settles the operation in review with what the provider's dashboard
         shows. Idempotent like every command: a retry with the key replays the result. No

@@ -42,6 +42,11 @@ ADAPTERS = {
     "adyen": "adapters.adyen",
 }
 DEFAULT_TIMEOUT = 3.0  # seconds: one provider call, retries included
+# Seconds a SIGTERM'd server waits for its commands in flight. Kubernetes kills a pod 30 s
+# (terminationGracePeriodSeconds) after its SIGTERM; 20 s lets a command that fails over
+# across a few providers (3 s each by default) end and be recorded, and leaves 10 s for
+# stopping the listeners and workers and closing the store before the SIGKILL.
+DEFAULT_DRAIN_GRACE = 20.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class Settings:
     http_listen: str = "127.0.0.1:8080"
     webhook_max_body: int = 1024 * 1024
     insecure: bool = False  # listen off loopback without TLS and caller auth (--insecure)
+    drain_grace: float = DEFAULT_DRAIN_GRACE  # seconds, on SIGTERM (--drain-grace)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -68,13 +74,26 @@ class Settings:
             "grpc_workers": os.environ.get("PAYORCH_GRPC_WORKERS"),
             "http_listen": os.environ.get("PAYORCH_HTTP_LISTEN"),
             "webhook_max_body": os.environ.get("PAYORCH_WEBHOOK_MAX_BODY"),
+            "drain_grace": os.environ.get("PAYORCH_DRAIN_GRACE"),
         }
         values: dict[str, Any] = {k: v for k, v in env.items() if v}
         values.update({k: v for k, v in overrides.items() if v is not None})
         for number in ("grpc_workers", "webhook_max_body"):
             if number in values:
                 values[number] = int(values[number])
+        if "drain_grace" in values:
+            values["drain_grace"] = _seconds("PAYORCH_DRAIN_GRACE", values["drain_grace"])
         return cls(**values)
+
+
+def _seconds(name: str, value: object) -> float:
+    try:
+        seconds = float(str(value))
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, not {value!r}") from None
+    if not 0 <= seconds < float("inf"):
+        raise ValueError(f"{name} must be a number of seconds >= 0, not {value!r}")
+    return seconds
 
 
 def sandbox_webhook_secret_from_env() -> Secret | None:

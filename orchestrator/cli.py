@@ -54,6 +54,7 @@ from orchestrator.store import parse_database_url
 from orchestrator.webhooks.http import HttpServer
 from orchestrator.webhooks.intake import WebhookIntake
 from orchestrator.webhooks.processor import WebhookProcessor
+from orchestrator.worker import BackgroundLoop
 
 log = logging.getLogger("payorch")
 
@@ -81,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     serve.add_argument(
         "--webhook-max-body", type=int, help="env PAYORCH_WEBHOOK_MAX_BODY (1048576 bytes)"
+    )
+    serve.add_argument(
+        "--drain-grace",
+        type=float,
+        help="env PAYORCH_DRAIN_GRACE (20 seconds): on SIGTERM, how long calls in flight may "
+        "take to end and record their outcome",
     )
     serve.add_argument(
         "--insecure",
@@ -134,7 +141,17 @@ def main(argv: list[str] | None = None) -> int:
             webhook_secret=secret.reveal() if secret is not None else None,
         )
         return 0
-    settings = Settings.from_env(
+    try:
+        settings = _serve_settings(args)
+    except ValueError as e:
+        parser.error(str(e))
+    return serve_forever(settings)
+
+
+def _serve_settings(args: argparse.Namespace) -> Settings:
+    if args.drain_grace is not None and not 0 <= args.drain_grace < float("inf"):
+        raise ValueError("--drain-grace must be a number of seconds >= 0")
+    return Settings.from_env(
         grpc_listen=args.grpc_listen,
         database_url=args.database_url,
         config=args.config,
@@ -144,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         http_listen=args.http_listen,
         webhook_max_body=args.webhook_max_body,
         insecure=args.insecure or None,
+        drain_grace=args.drain_grace,
     )
-    return serve_forever(settings)
 
 
 def _add_operator_commands(
@@ -414,16 +431,28 @@ def _reconcile(app: Payments, provider: str, statement: Path) -> int:
     return 1 if report.findings else 0
 
 
-def serve_forever(settings: Settings) -> int:
-    stop = threading.Event()
+def _on_signals(grace: float) -> tuple[threading.Event, threading.Event]:
+    """(stop, now): SIGTERM or SIGINT sets ``stop`` (drain), a second one ``now`` (do not
+    wait for calls in flight any longer)."""
+    stop, now = threading.Event(), threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s, shutting down", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            log.warning("received %s again: stopping now", name)
+            now.set()
+            return
+        log.info("received %s, draining for up to %g s (send it again to stop now)",
+                 name, grace)  # fmt: skip
         stop.set()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    return stop, now
 
+
+def serve_forever(settings: Settings) -> int:
+    stop, now = _on_signals(settings.drain_grace)
     _warn_of_missing_keys()
     sandbox = None
     sandbox_url = settings.sandbox_url
@@ -482,15 +511,64 @@ def serve_forever(settings: Settings) -> int:
         )
     recovery, webhooks, listing = _start_workers(app, config, metrics)
     stop.wait()
-    http.stop()
-    server.stop(grace=10)
-    for worker in (webhooks, recovery, listing):
-        worker.stop()
+    workers = (webhooks, recovery, listing)
+    left = drain(app, server, http=http, workers=workers, grace=settings.drain_grace, now=now)
+    if left:
+        # Their threads cannot be stopped, and the interpreter would wait for them at exit:
+        # end the process now. Each one's intent is recorded, its outcome is not: in doubt,
+        # as after a crash, and recovery (here or on another replica) asks the provider.
+        log.warning("drain: %d command(s) still in flight left in doubt, for recovery", left)
+        logging.shutdown()
+        os._exit(0)
     app.close()
     if sandbox is not None:
         sandbox.stop()
     log.info("stopped")
     return 0
+
+
+# After the commands, the other calls still running (reads; a followed StreamEvents never
+# ends by itself) get this long before gRPC cancels them.
+_CALLS_GRACE = 1.0
+
+
+def drain(
+    app: Payments,
+    server: PaymentServer,
+    *,
+    http: HttpServer,
+    workers: tuple[BackgroundLoop, ...],
+    grace: float,
+    now: threading.Event,
+) -> int:
+    """Stops taking work, lets what is in flight end within ``grace`` seconds (unless ``now``
+    is set first), and returns how many commands are still running after it."""
+    deadline = time.monotonic() + grace
+    # Not ready first (/readyz 503, gRPC health NOT_SERVING), so load balancers stop routing
+    # here; the listeners stay up meanwhile, to say so. New commands are refused UNAVAILABLE.
+    server.stop_serving()
+    app.drain.close()
+    # Each worker finishes the item it is on (a provider lookup, a delivery) and starts no
+    # other; what is left is for another replica, or this one's next start.
+    for worker in workers:
+        worker.request_stop()
+    in_flight = app.drain.in_flight
+    log.info("drain: %d command(s) in flight, no new ones taken", in_flight)
+    # In slices: a second signal's handler runs between them, not inside a wait.
+    while app.drain.in_flight and not now.is_set() and time.monotonic() < deadline:
+        app.drain.wait_empty(min(deadline - time.monotonic(), 0.1))
+
+    def remaining(at_most: float) -> float:
+        return 0.0 if now.is_set() else min(max(deadline - time.monotonic(), 0.0), at_most)
+
+    server.stop(grace=remaining(_CALLS_GRACE))
+    http.stop()
+    for worker in workers:
+        worker.stop(timeout=max(remaining(grace), 0.1))
+    left = app.drain.in_flight
+    if in_flight and not left:
+        log.info("drain: every command in flight ended and recorded its outcome")
+    return left
 
 
 def _start_workers(
@@ -593,7 +671,7 @@ def _warn_of_missing_keys() -> None:
 
 def _ready(app: Payments, server: PaymentServer) -> bool:
     app.recorder.max_notification_id()  # the store answers
-    return bool(server.started)
+    return server.serving  # not while draining: load balancers route elsewhere
 
 
 if __name__ == "__main__":

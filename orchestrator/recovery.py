@@ -54,6 +54,8 @@ class RecoveryWorker(BackgroundLoop):
         self.scan()
         asked = 0
         for payment_id in sorted(self.candidates):
+            if self.stopping:
+                break  # a drain waits for the lookup under way, not for every one still due
             try:
                 payment = self.app.get_payment(payment_id)
                 if payment.operation_in_doubt is None or payment.operation_in_doubt.review_required:

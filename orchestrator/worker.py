@@ -30,8 +30,12 @@ class BackgroundLoop:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def request_stop(self) -> None:
+        """The pass under way ends after the item it is on; no other pass starts."""
         self._stop.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.request_stop()
         if self._thread is not None:
             self._thread.join(timeout)
 

@@ -23,6 +23,7 @@ _CODES: list[tuple[type[errors.DomainError], grpc.StatusCode]] = [
     (errors.OperationInProgress, grpc.StatusCode.ABORTED),
     (errors.ConcurrentModification, grpc.StatusCode.ABORTED),
     (errors.NoProviderAvailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.ServerDraining, grpc.StatusCode.UNAVAILABLE),
 ]
 
 

@@ -37,6 +37,7 @@ class PaymentServer:
         self.server, self.port, self.health = server, port, health
         self.token_port = token_port  # [grpc.tls] token_listen's, if configured
         self.started = False
+        self.draining = False
 
     def start(self) -> None:
         self.server.start()
@@ -44,9 +45,20 @@ class PaymentServer:
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
+    @property
+    def serving(self) -> bool:
+        return self.started and not self.draining
+
+    def stop_serving(self) -> None:
+        """The first step of a drain: health checks answer NOT_SERVING from now on, so load
+        balancers stop routing here, while calls are still taken (the health checks among
+        them, which a stopped server could not answer)."""
+        self.draining = True
+        self.health.enter_graceful_shutdown()
+
     def stop(self, grace: float) -> None:
         """Stops taking new calls at once and lets calls in flight finish within ``grace``."""
-        self.health.enter_graceful_shutdown()
+        self.stop_serving()
         self.server.stop(grace).wait()
 
 

@@ -96,3 +96,17 @@ class NoProviderAvailable(DomainError):
     def __init__(self, message: str, *, region: str, retry_after: float = 1.0) -> None:
         super().__init__(message, metadata={"region": region})
         self.retry_after = retry_after
+
+
+class ServerDraining(DomainError):
+    """This server is shutting down and takes no new command: nothing was read or written.
+    Another replica can take the same request, with the same key, at once: no RetryInfo, the
+    caller's own backoff decides when."""
+
+    reason = "SERVER_DRAINING"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this server is shutting down and takes no new commands; retry with the same key "
+            "(another replica will answer)"
+        )

@@ -212,3 +212,17 @@ def test_a_callers_follow_ups_on_a_payment_in_doubt_do_not_spend_the_schedule(
     assert replicas.first.recovery_stats.snapshot()["lookups_off_schedule"] == (
         len(replicas.first.recovery_schedule) + 2
     )
+
+
+def test_a_recovery_worker_told_to_stop_mid_pass_finishes_its_lookup_and_asks_no_more(
+    replicas: Replicas,
+) -> None:
+    """A drain (SIGTERM) stops the worker: the lookup on the wire is recorded, the payments
+    still due wait for another replica instead of holding this one's exit."""
+    payments = [in_doubt(replicas.first) for _ in range(3)]
+    worker = RecoveryWorker(replicas.first)
+    replicas.first_provider.meanwhile = worker.request_stop  # SIGTERM during the first lookup
+
+    assert worker.run_once() == 1
+
+    assert sum(still_unknown(replicas.first, p) for p in payments) == 1

@@ -359,3 +359,17 @@ def test_the_listing_interval_comes_from_the_file_and_must_be_positive(tmp_path:
     path.write_text(base + "[listing]\ninterval = 0\n")
     with pytest.raises(ValueError, match=r"\[listing\] interval"):
         load_configuration(str(path), None)
+
+
+def test_the_drain_grace_comes_from_the_environment_and_must_be_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PAYORCH_DRAIN_GRACE", raising=False)
+    assert Settings.from_env().drain_grace == 20.0
+    monkeypatch.setenv("PAYORCH_DRAIN_GRACE", "2.5")
+    assert Settings.from_env().drain_grace == 2.5
+    assert Settings.from_env(drain_grace=7.0).drain_grace == 7.0
+    for bad in ("soon", "-1", "nan", "inf"):
+        monkeypatch.setenv("PAYORCH_DRAIN_GRACE", bad)
+        with pytest.raises(ValueError, match="PAYORCH_DRAIN_GRACE"):
+            Settings.from_env()
