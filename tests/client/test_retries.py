@@ -35,7 +35,7 @@ from payorch_client.retry import delays
 from orchestrator.api.errors import refusal, to_status
 from orchestrator.domain import errors as domain
 
-Answer = pb.Payment | grpc.Status | float  # a float: answer only after that many seconds
+Answer = pb.Payment | pb.ListPaymentsResponse | grpc.Status | float  # float: answer that late
 
 
 def half(value: float) -> float:
@@ -49,6 +49,7 @@ class Scripted(pb_grpc.PaymentOrchestratorServicer):
         self.answers: list[Answer] = []
         self.keys: list[str] = []
         self.authorization: list[str | None] = []
+        self.listed: list[pb.ListPaymentsRequest] = []
 
     def CreatePayment(self, request: pb.CreatePaymentRequest, context: grpc.ServicerContext) -> pb.Payment:  # fmt: skip
         self.keys.append(request.idempotency_key)
@@ -64,6 +65,17 @@ class Scripted(pb_grpc.PaymentOrchestratorServicer):
 
     def GetPayment(self, request: pb.GetPaymentRequest, context: grpc.ServicerContext) -> pb.Payment:  # fmt: skip
         return self.CreatePayment(pb.CreatePaymentRequest(), context)
+
+    def ResolvePayment(self, request: pb.ResolvePaymentRequest, context: grpc.ServicerContext) -> pb.Payment:  # fmt: skip
+        return self.CreatePayment(pb.CreatePaymentRequest(idempotency_key=request.idempotency_key), context)  # fmt: skip
+
+    def ListPayments(self, request: pb.ListPaymentsRequest, context: grpc.ServicerContext) -> pb.ListPaymentsResponse:  # fmt: skip
+        self.listed.append(request)
+        answer = self.answers.pop(0)
+        if isinstance(answer, grpc.Status):
+            context.abort_with_status(answer)
+        assert isinstance(answer, pb.ListPaymentsResponse)
+        return answer
 
 
 class World:
@@ -264,6 +276,42 @@ def test_reads_are_retried_too(world: World) -> None:
     world.server.answers = [provider_unavailable(), PAYMENT]
     with world.client() as client:
         assert client.get("pay_1") == PAYMENT
+    assert world.sleeps == [0.05]
+
+
+def test_a_resolution_still_in_progress_is_retried_with_one_generated_key(world: World) -> None:
+    world.server.answers = [in_progress(0.3), PAYMENT]
+    with world.client() as client:
+        resolved = client.resolve_payment("pay_1", outcome="not-found", note="no such charge")
+    assert resolved == PAYMENT
+    (key,) = world.generated
+    assert world.server.keys == [key, key]  # an operator's retry acts once, like any command
+    assert world.sleeps == [0.3]
+
+
+def test_iterating_payments_retries_a_page_and_asks_for_the_next_with_the_same_filter(
+    world: World,
+) -> None:
+    page = [pb.PaymentSummary(payment_id=f"pay_{i}") for i in range(5)]
+    world.server.answers = [
+        pb.ListPaymentsResponse(payments=page[:2], next_page_token="after-1"),
+        provider_unavailable(),
+        pb.ListPaymentsResponse(payments=page[2:4], next_page_token="after-3"),
+        pb.ListPaymentsResponse(payments=page[4:]),
+    ]
+    with world.client() as client:
+        found = client.iter_payments(status=pb.PAYMENT_STATUS_REQUIRES_REVIEW, region="EU",
+                                     page_size=2)  # fmt: skip
+        assert next(found) == page[0]
+        assert len(world.server.listed) == 1  # pages are fetched as the iteration needs them
+        rest = list(found)
+    assert [p.payment_id for p in [page[0], *rest]] == [p.payment_id for p in page]
+    tokens = [request.page_token for request in world.server.listed]
+    assert tokens == ["", "after-1", "after-1", "after-3"]  # the failed page asked again
+    filters = {
+        (r.status, r.region, r.reference, r.provider, r.page_size) for r in world.server.listed
+    }
+    assert filters == {(pb.PAYMENT_STATUS_REQUIRES_REVIEW, "EU", "", "", 2)}
     assert world.sleeps == [0.05]
 
 

@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -28,7 +29,8 @@ from payorch_client import (
 
 from adapters.sandbox import SandboxServer
 from orchestrator.api.trust import hash_token
-from orchestrator.domain.payment import Payment
+from orchestrator.domain.payment import Cause, Payment, RecoveryCause
+from orchestrator.listing import ListingProjector
 from tests.e2e.conftest import Running
 from tests.e2e.test_auth import READER, WRITER, TrustedFactory
 
@@ -173,6 +175,101 @@ def test_refusals_arrive_as_typed_errors_with_their_reasons(running: Running) ->
     assert retries.seen == []  # none of these is retried
     assert requested(running) == 1
     assert len(running.ledger()) == 2  # the authorization and capture of "once"
+
+
+# --- operators and finding payments ---------------------------------------------------------
+
+
+def in_review(running: Running) -> str:
+    """An authorization of the anonymous caller's account whose outcome no lookup learnt."""
+    cause = Cause("default", f"create-{uuid.uuid4()}")
+    payment = Payment(
+        id=uuid.uuid4(), amount=1500, currency="USD", payment_method="pm_card_visa",
+        region="US", capture_mode="manual", reference="order-7", metadata={},
+        scope=cause.scope, idempotency_key=cause.idempotency_key, caused_by=cause.as_data(),
+        account="default",
+    )  # fmt: skip
+    payment.start_authorization(provider="sandbox", deadline=datetime.now(UTC), cause=cause)
+    payment.record_unknown(1, message="timed out", caused_by=cause)
+    payment.require_review(1, message="unresolved after 8 lookups", caused_by=RecoveryCause())
+    running.app.save(payment)
+    return str(payment.id)
+
+
+def test_an_operator_resolves_a_payment_in_review_and_the_same_key_replays(
+    running: Running,
+) -> None:
+    payment_id = in_review(running)
+    with client_of(running) as client:
+        with pytest.raises(ValueError, match="outcome is one of"):
+            client.resolve_payment(payment_id, outcome="maybe", note="?")  # type: ignore[arg-type]
+        resolved = client.resolve_payment(
+            payment_id, outcome="authorized", note="dashboard: ch_77 authorized",
+            provider_reference="ch_77", idempotency_key="resolve-1",
+        )  # fmt: skip
+        again = client.resolve_payment(
+            payment_id, outcome="authorized", note="dashboard: ch_77 authorized",
+            provider_reference="ch_77", idempotency_key="resolve-1",
+        )  # fmt: skip
+        with pytest.raises(FailedPrecondition) as overrule:
+            client.resolve_payment(payment_id, outcome="not-found", note="second look", operation=1)
+    assert resolved.status == pb.PAYMENT_STATUS_AUTHORIZED
+    assert resolved.provider_reference == "ch_77"
+    assert again == resolved
+    assert overrule.value.reason == "OUTCOME_ALREADY_KNOWN"
+    assert overrule.value.idempotency_key  # the key the client chose, to retry it later
+    events = list(running.app.payment_events(payment_id))
+    resolutions = [e for e in events if isinstance(e, Payment.ResolvedByOperator)]
+    assert len(resolutions) == 1  # the replay recorded nothing
+    assert resolutions[0].outcome == "authorized"
+    assert running.ledger() == []  # an operator's record moves no money
+
+
+def catch_up(running: Running) -> None:
+    ListingProjector(running.app).catch_up(running.app.recorder.max_notification_id() or 0)
+
+
+def test_payments_are_listed_by_filter_and_every_page_is_reached(running: Running) -> None:
+    with client_of(running) as client:
+        made = [
+            client.create_payment(
+                amount=100 + i, currency="EUR", region="EU" if i % 2 else "US",
+                payment_method="pm_card_declined" if i % 3 == 0 else "pm_card_visa",
+                reference=f"order-{i % 2}",
+            )
+            for i in range(7)
+        ]  # fmt: skip
+        catch_up(running)
+        newest_first = sorted(
+            made, key=lambda p: (p.created_at.ToDatetime(tzinfo=UTC), p.payment_id), reverse=True
+        )
+        first = client.list_payments(page_size=3)
+        every = list(client.iter_payments(page_size=3))
+        one_page = client.list_payments()
+        declined = list(client.iter_payments(status=pb.PAYMENT_STATUS_DECLINED, page_size=1))
+        order_1_eu = list(client.iter_payments(reference="order-1", region="EU"))
+        since = newest_first[2].created_at.ToDatetime(tzinfo=UTC)
+        recent = list(client.iter_payments(created_after=since, page_size=2))
+        before = list(client.iter_payments(created_before=since))
+        with pytest.raises(ValueError, match="timezone-aware"):
+            client.list_payments(created_after=datetime(2026, 12, 1))  # naive
+        with pytest.raises(InvalidArgument) as edited:
+            client.list_payments(page_token=first.next_page_token[:-2] + "xx")
+        with pytest.raises(InvalidArgument) as other_filter:
+            client.list_payments(page_token=first.next_page_token, region="EU")
+
+    def ids(payments: object) -> list[str]:
+        return [p.payment_id for p in payments]  # type: ignore[attr-defined]
+
+    assert ids(first.payments) == ids(newest_first[:3]) and first.next_page_token
+    assert ids(every) == ids(newest_first) == ids(one_page.payments)
+    assert one_page.next_page_token == ""
+    assert ids(declined) == ids(p for p in newest_first if p.status == pb.PAYMENT_STATUS_DECLINED)
+    assert len(declined) == 3
+    assert ids(order_1_eu) == ids(p for p in newest_first if p.reference == "order-1")
+    assert ids(recent) == ids(newest_first[:3])  # created_after is inclusive
+    assert ids(before) == ids(newest_first[3:])  # created_before is exclusive
+    assert edited.value.reason == other_filter.value.reason == "INVALID_PAGE_TOKEN"
 
 
 # --- tokens over TLS ---------------------------------------------------------------------------

@@ -12,11 +12,13 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import grpc
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from payorch_client._generated import payments_pb2 as pb
 from payorch_client._generated import payments_pb2_grpc as pb_grpc
@@ -26,11 +28,19 @@ from payorch_client.retry import wait_before_retry as _wait
 
 R = TypeVar("R", bound=Message)
 CaptureMode = Literal["automatic", "manual"]
+# What an operator saw on the provider's dashboard; the names ``payorch admin resolve`` takes.
+Outcome = Literal["authorized", "captured", "declined", "not-found"]
 OnRetry = Callable[[int, Refusal, float], None]
 
 _CAPTURE_MODES: dict[str, int] = {
     "automatic": pb.CAPTURE_MODE_AUTOMATIC,
     "manual": pb.CAPTURE_MODE_MANUAL,
+}
+_OUTCOMES: dict[str, int] = {
+    "authorized": pb.RESOLUTION_AUTHORIZED,
+    "captured": pb.RESOLUTION_CAPTURED,
+    "declined": pb.RESOLUTION_DECLINED,
+    "not-found": pb.RESOLUTION_NOT_FOUND,
 }
 _LOOPBACK = ("localhost", "127.", "[::1]", "::1", "unix:", "ipv4:127.", "ipv6:[::1]")
 
@@ -160,6 +170,31 @@ class PaymentsClient:
         )
         return self._call(self.stub.RefundPayment, request, pb.Payment, timeout)
 
+    def resolve_payment(
+        self,
+        payment_id: str,
+        *,
+        outcome: Outcome,
+        note: str,
+        operation: int = 0,
+        provider_reference: str = "",
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> pb.Payment:
+        """Records what the provider's dashboard shows for an operation in review (role
+        ``operator``): ``operation`` 0 is the payment's operation in doubt. Idempotent by its
+        key like every command, so it is retried like them; a definite outcome is never
+        overruled (``FailedPrecondition``, reason ``OUTCOME_ALREADY_KNOWN``)."""
+        request = pb.ResolvePaymentRequest(
+            idempotency_key=idempotency_key or self._keys(),
+            payment_id=payment_id,
+            outcome=_outcome(outcome),  # type: ignore[arg-type]
+            note=note,
+            operation=operation,
+            provider_reference=provider_reference,
+        )
+        return self._call(self.stub.ResolvePayment, request, pb.Payment, timeout)
+
     # --- queries ----------------------------------------------------------------------------
 
     def get(self, payment_id: str, *, timeout: float | None = None) -> pb.Payment:
@@ -173,6 +208,70 @@ class PaymentsClient:
             self.stub.ListPaymentEvents, request, pb.ListPaymentEventsResponse, timeout
         )
         return list(answer.events)
+
+    def list_payments(
+        self,
+        *,
+        reference: str = "",
+        status: pb.PaymentStatus | None = None,
+        provider: str = "",
+        region: str = "",
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> pb.ListPaymentsResponse:
+        """One page of the caller's payments that match every filter given, newest first
+        (AIP-158). Pass ``next_page_token`` back as ``page_token`` with the same filter; it is
+        empty on the last page. ``page_size`` 0 is the server's default (50). Read from the
+        listing, which trails the log by about half a second: ``get`` is always current."""
+        request = pb.ListPaymentsRequest(
+            page_size=page_size,
+            page_token=page_token,
+            reference=reference,
+            status=status or pb.PAYMENT_STATUS_UNSPECIFIED,
+            provider=provider,
+            region=region,
+        )
+        if created_after is not None:
+            request.created_after.CopyFrom(_timestamp(created_after, "created_after"))
+        if created_before is not None:
+            request.created_before.CopyFrom(_timestamp(created_before, "created_before"))
+        return self._call(self.stub.ListPayments, request, pb.ListPaymentsResponse, timeout)
+
+    def iter_payments(
+        self,
+        *,
+        reference: str = "",
+        status: pb.PaymentStatus | None = None,
+        provider: str = "",
+        region: str = "",
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> Iterator[pb.PaymentSummary]:
+        """Every matching payment, newest first, fetched a page at a time as the iteration
+        needs them (each page retried on its own). Keyset pages: payments created meanwhile
+        never shift what is still to come."""
+        token = ""
+        while True:
+            page = self.list_payments(
+                reference=reference,
+                status=status,
+                provider=provider,
+                region=region,
+                created_after=created_after,
+                created_before=created_before,
+                page_size=page_size,
+                page_token=token,
+                timeout=timeout,
+            )
+            yield from page.payments
+            token = page.next_page_token
+            if not token:
+                return
 
     def stream_events(
         self, *, after_position: int = 0, follow: bool = False
@@ -256,6 +355,23 @@ def _capture_mode(mode: str) -> int:
         return _CAPTURE_MODES[mode]
     except KeyError:
         raise ValueError(f"capture_mode is 'automatic' or 'manual', not {mode!r}") from None
+
+
+def _outcome(outcome: str) -> int:
+    try:
+        return _OUTCOMES[outcome]
+    except KeyError:
+        choices = ", ".join(repr(name) for name in _OUTCOMES)
+        raise ValueError(f"outcome is one of {choices}, not {outcome!r}") from None
+
+
+def _timestamp(moment: datetime, name: str) -> Timestamp:
+    # A naive datetime is a guess at a time zone: the listing's range would silently shift.
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware (e.g. datetime.now(UTC))")
+    stamp = Timestamp()
+    stamp.FromDatetime(moment.astimezone(UTC))
+    return stamp
 
 
 def _loopback(target: str) -> bool:
