@@ -29,7 +29,7 @@ from payorch_client.retry import wait_before_retry as _wait
 R = TypeVar("R", bound=Message)
 CaptureMode = Literal["automatic", "manual"]
 # What an operator saw on the provider's dashboard; the names ``payorch admin resolve`` takes.
-Outcome = Literal["authorized", "captured", "declined", "not-found"]
+Outcome = Literal["authorized", "captured", "declined", "not-found", "canceled", "refunded"]
 OnRetry = Callable[[int, Refusal, float], None]
 
 _CAPTURE_MODES: dict[str, int] = {
@@ -41,6 +41,8 @@ _OUTCOMES: dict[str, int] = {
     "captured": pb.RESOLUTION_CAPTURED,
     "declined": pb.RESOLUTION_DECLINED,
     "not-found": pb.RESOLUTION_NOT_FOUND,
+    "canceled": pb.RESOLUTION_CANCELED,
+    "refunded": pb.RESOLUTION_REFUNDED,
 }
 _LOOPBACK = ("localhost", "127.", "[::1]", "::1", "unix:", "ipv4:127.", "ipv6:[::1]")
 
