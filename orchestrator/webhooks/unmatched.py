@@ -74,4 +74,5 @@ class UnmatchedIndex(TrackedTable):
         return self.uuids(sql, "delivery_id")
 
     def count(self) -> int:
+        """The rows: deliveries unmatched as far as the position (metrics)."""
         return self.scalar(f"SELECT count(*) FROM {self.name}")  # noqa: S608

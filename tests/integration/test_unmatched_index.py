@@ -18,6 +18,7 @@ from orchestrator.application import Payments
 from orchestrator.bootstrap import build_payments, load_configuration
 from orchestrator.domain.payment import Cause, Kind, Payment, Status, provider_key
 from orchestrator.domain.webhook import WebhookDelivery, delivery_id
+from orchestrator.metrics import StateCollector
 from orchestrator.ports import WebhookKind
 from orchestrator.webhooks.processor import TRACKING_NAME as CONSUMER
 from orchestrator.webhooks.processor import WebhookProcessor
@@ -111,7 +112,7 @@ def old_log(app: Payments, matched: int) -> tuple[list[UUID], UUID]:
     still = early_delivery(uuid4())
     still.unmatched("no payment")
     app.save(still)
-    app.recorder.insert_tracking(Tracking(CONSUMER, head(app)))
+    app.recorder.insert_tracking(Tracking(CONSUMER, head(app)))  # type: ignore[attr-defined]
     return old, still.id
 
 
@@ -193,3 +194,24 @@ def test_a_replica_whose_pass_conflicts_takes_the_rows_of_the_one_that_won(
     finally:
         second.close()
         first.close()
+
+
+def test_the_unmatched_gauge_counts_the_open_deliveries(app: Payments) -> None:
+    processor = WebhookProcessor(app)
+    gauge = StateCollector(
+        list, list, in_doubt=int, requiring_review=int, unmatched=processor.index.count,
+        webhook_lag=int, listing_lag=int,
+    )  # fmt: skip
+    payment_id = uuid4()
+    app.save(early_delivery(payment_id), early_delivery(uuid4()))
+    run_until_quiet(processor)
+    assert scraped(gauge, "payorch_webhooks_unmatched") == 2
+
+    authorization_in_doubt(app, payment_id)
+    run_until_quiet(processor)
+
+    assert scraped(gauge, "payorch_webhooks_unmatched") == 1
+
+
+def scraped(collector: StateCollector, name: str) -> float:
+    return next(m.samples[0].value for m in collector.collect() if m.name == name)
