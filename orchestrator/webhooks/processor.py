@@ -149,8 +149,9 @@ class WebhookProcessor(BackgroundLoop):
         """Re-tries the unmatched deliveries if a payment became known since the last pass
         (up to ``head``), and those newly unmatched once (their payment may have committed
         just after they looked); returns how many it matched now."""
+        if self.index.catch_up(head, stopping=lambda: self.stopping) < head:
+            return 0  # stopping: the next start goes on from the index's position
         start, self._watched = self._watched, head
-        self.index.catch_up(head)
         open_ = set(self.index.delivery_ids())
         # This consumer's own are past the head (recorded after it was read): not in the table
         # yet, but as new as those another consumer left unmatched since the last pass.

@@ -18,7 +18,7 @@ and no delivery.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -52,10 +52,11 @@ class UnmatchedIndex(TrackedTable):
             f"(delivery_id {uuid} PRIMARY KEY, notification_id {integer} NOT NULL)"
         ]
 
-    def catch_up(self, head: int) -> int:
+    def catch_up(self, head: int, *, stopping: Callable[[], bool] = lambda: False) -> int:
         """Follows the deliveries' ``Unmatched`` and ``Applied`` events up to ``head`` (the log's
-        largest id, read by the caller); returns the position reached, at or past ``head``."""
-        return self.follow(head, TOPICS, self._write)
+        largest id, read by the caller); returns the position reached, at or past ``head``
+        unless ``stopping`` (a first start on a long log reads it once, page by page)."""
+        return self.follow(head, TOPICS, self._write, stopping=stopping)
 
     def _write(self, cursor: Any, page: Sequence[Any]) -> None:
         last: dict[Any, tuple[str, int]] = {}  # delivery -> (its last topic, where)
