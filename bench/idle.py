@@ -21,7 +21,8 @@ For each backend, on one store:
    must re-try.
 4. **First start on the big log**: the recovery and unmatched indexes and the listing start
    from before the bulk rows, as on a log written before this version: the CPU until the
-   positions of ``--positions`` reach the head. The webhook consumer's position starts after
+   positions of ``--positions`` reach the head (all of them, or the restart would finish
+   their work and count it as its own). The webhook consumer's position starts after
    them (the copied deliveries were applied when they came), before the open deliveries.
 5. **Restart on the big log** (the measured start-up): CPU from spawn to SERVING plus
    ``--settle`` seconds (several recovery and webhook passes); then until a second passes with
@@ -487,9 +488,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="webhook deliveries still unmatched, stored after the bulk load",
     )  # fmt: skip
     parser.add_argument(
-        "--positions", default="webhooks,recovery-index,unmatched-index",
+        "--positions", default="webhooks,recovery-index,unmatched-index,listing",
         help="the tracked positions a first start waits for (code before the unmatched "
-        "index: webhooks,recovery-index)",
+        "index: webhooks,recovery-index,listing)",
     )  # fmt: skip
     parser.add_argument(
         "--baseline",
