@@ -99,7 +99,7 @@ def test_a_failing_seed_prints_the_command_that_reproduces_it() -> None:
 # on, woke after the restart and ran the old incarnation's code. The last two are no defects
 # but the new paths, pinned so that the simulator keeps taking them. When the re-match came
 # to read the unmatched index (its catch-up's reads are wait points) instead of the log,
-# the seeds no longer on their path were re-picked the same way from a survey of seeds 0-999
+# the seeds no longer on their path were re-picked the same way from a survey of seeds 0-1999
 # (all keep every invariant); 0, 9, 15 and 13 still took theirs.
 REGRESSIONS = {
     14: FOREIGN_EVENT,  # defect 1: alpha's late failure declined what beta authorized
