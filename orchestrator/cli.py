@@ -616,6 +616,7 @@ def _measure(
             lambda: bulkheads,
             in_doubt=recovery.index.count,
             requiring_review=lambda: app.listing.count(Status.REQUIRES_REVIEW),
+            unmatched=webhooks.index.count,
             webhook_lag=webhook_lag,
             listing_lag=lambda: listing.behind,
         )

@@ -35,11 +35,12 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from eventsourcing.persistence import IntegrityError, Tracking
+from eventsourcing.persistence import IntegrityError
 from eventsourcing.utils import get_topic
 
 from orchestrator.domain.errors import InvalidArgument
 from orchestrator.domain.payment import Payment, Status
+from orchestrator.tracked import TrackedTable
 from orchestrator.worker import BackgroundLoop
 
 if TYPE_CHECKING:
@@ -59,8 +60,6 @@ MAX_FILTER_LENGTH = 200
 DEFAULT_INTERVAL = 0.5  # seconds between projector passes: how far behind the rows may be
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-# Serialises creating the table across replicas starting at once on PostgreSQL ("paylst").
-_DDL_LOCK_KEY = 0x7061796C7374
 _COLUMNS = (
     "payment_id, account, reference, status, provider, region, amount, currency, "
     "created_us, updated_us, version"
@@ -180,69 +179,51 @@ def page_size_of(requested: int) -> int:
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-class PaymentListing:
+class PaymentListing(TrackedTable):
     """The table and its position, on the application's own recorder (SQLite or PostgreSQL)."""
 
+    tracking_name = TRACKING_NAME
+    ddl_lock_key = 0x7061796C7374  # "paylst"
+
     def __init__(self, recorder: Any) -> None:
-        self.recorder = recorder
-        self.datastore = recorder.datastore
-        self.postgres = hasattr(self.datastore, "schema")
-        table = f"{recorder.events_table_name}_listing"
-        self.mark = "%s" if self.postgres else "?"
+        super().__init__(recorder, "listing")
         marks = ", ".join([self.mark] * 11)
-        # Table names come from eventsourcing's settings, never from input (noqa S608).
-        if self.postgres:
-            self.name = f'"{self.datastore.schema}"."{table}"'
-            index = f'"{table}_by'
-            self.create = [
-                "SELECT pg_advisory_xact_lock(%s)",
-                f"CREATE TABLE IF NOT EXISTS {self.name} (payment_id uuid PRIMARY KEY, "
-                "account text NOT NULL, reference text NOT NULL, status text NOT NULL, "
-                "provider text NOT NULL, region text NOT NULL, amount bigint NOT NULL, "
-                "currency text NOT NULL, created_us bigint NOT NULL, updated_us bigint NOT NULL, "
-                "version bigint NOT NULL)",
-            ]
-        else:
-            self.name = table
-            index = f"{table}_by"
-            self.create = [
-                f"CREATE TABLE IF NOT EXISTS {table} (payment_id TEXT PRIMARY KEY, "
-                "account TEXT NOT NULL, reference TEXT NOT NULL, status TEXT NOT NULL, "
-                "provider TEXT NOT NULL, region TEXT NOT NULL, amount INTEGER NOT NULL, "
-                "currency TEXT NOT NULL, created_us INTEGER NOT NULL, "
-                "updated_us INTEGER NOT NULL, version INTEGER NOT NULL)"
-            ]
-        quote = '"' if self.postgres else ""
-        # Newest first within an account; the status and reference filters have their own.
-        for suffix, columns in (
-            ("created", "account, created_us DESC, payment_id DESC"),
-            ("status", "account, status, created_us DESC, payment_id DESC"),
-            ("reference", "account, reference, created_us DESC, payment_id DESC"),
-        ):
-            self.create.append(
-                f"CREATE INDEX IF NOT EXISTS {index}_{suffix}{quote} ON {self.name} ({columns})"
-            )
         updates = ", ".join(
             f"{c} = excluded.{c}" for c in ("status", "provider", "updated_us", "version")
         )
+        # Table names come from eventsourcing's settings, never from input (noqa S608).
         self.upsert = (
             f"INSERT INTO {self.name} AS t ({_COLUMNS}) VALUES ({marks}) "  # noqa: S608
             f"ON CONFLICT (payment_id) DO UPDATE SET {updates} "
             "WHERE t.version < excluded.version"
         )
-        self._created = False
 
-    def create_table(self) -> None:
-        if self._created:
-            return
-        with self.datastore.transaction(commit=True) as cursor:
-            for statement in self.create:
-                cursor.execute(statement, (_DDL_LOCK_KEY,) if "%s" in statement else ())
-        self._created = True
-
-    def position(self) -> int:
-        position: int = self.recorder.max_tracking_id(TRACKING_NAME) or 0
-        return position
+    def ddl(self) -> list[str]:
+        uuid, integer = ("uuid", "bigint") if self.postgres else ("TEXT", "INTEGER")
+        text = "text" if self.postgres else "TEXT"
+        columns = ", ".join(
+            f"{column} {kind} NOT NULL"
+            for column, kind in (
+                ("account", text), ("reference", text), ("status", text), ("provider", text),
+                ("region", text), ("amount", integer), ("currency", text),
+                ("created_us", integer), ("updated_us", integer), ("version", integer),
+            )
+        )  # fmt: skip
+        statements = [
+            f"CREATE TABLE IF NOT EXISTS {self.name} (payment_id {uuid} PRIMARY KEY, {columns})"
+        ]
+        index = f'"{self.table}_by' if self.postgres else f"{self.table}_by"
+        quote = '"' if self.postgres else ""
+        # Newest first within an account; the status and reference filters have their own.
+        for suffix, indexed in (
+            ("created", "account, created_us DESC, payment_id DESC"),
+            ("status", "account, status, created_us DESC, payment_id DESC"),
+            ("reference", "account, reference, created_us DESC, payment_id DESC"),
+        ):
+            statements.append(
+                f"CREATE INDEX IF NOT EXISTS {index}_{suffix}{quote} ON {self.name} ({indexed})"
+            )
+        return statements
 
     def lag(self) -> int:
         """How many log positions the rows are behind the log's head (0: caught up)."""
@@ -254,11 +235,7 @@ class PaymentListing:
         the position is already at or past ``reached`` (another replica's pass). Without
         ``reached``, the rows alone (a rebuild behind the position)."""
         values = [self._values(row) for row in sorted(rows, key=lambda r: r.payment_id)]
-        with self.datastore.transaction(commit=True) as cursor:
-            if reached is not None:
-                self.recorder._insert_tracking(cursor, Tracking(TRACKING_NAME, reached))
-            if values:
-                cursor.executemany(self.upsert, values)
+        self.commit(reached, lambda cursor: values and cursor.executemany(self.upsert, values))
 
     def clear(self) -> None:
         """Forgets every row and the position, together: the next pass rebuilds from the log."""
@@ -276,21 +253,13 @@ class PaymentListing:
 
     def rows(self) -> list[PaymentRow]:
         """Every row, by payment id (for tests and the rebuild's check)."""
-        self.create_table()
-        with self.datastore.transaction(commit=False) as cursor:
-            cursor.execute(f"SELECT {_COLUMNS} FROM {self.name} ORDER BY payment_id")  # noqa: S608
-            return [self._row(r) for r in cursor.fetchall()]
+        sql = f"SELECT {_COLUMNS} FROM {self.name} ORDER BY payment_id"  # noqa: S608
+        return [self._row(r) for r in self.fetch(sql)]
 
     def count(self, status: Status) -> int:
         """Payments of every account with ``status`` (the status index's range; metrics)."""
-        self.create_table()
-        with self.datastore.transaction(commit=False) as cursor:
-            cursor.execute(
-                f"SELECT count(*) FROM {self.name} WHERE status = {self.mark}",  # noqa: S608
-                (status.value,),
-            )
-            row = cursor.fetchone()
-        return int(next(iter(row.values())) if isinstance(row, dict) else row[0])
+        sql = f"SELECT count(*) FROM {self.name} WHERE status = {self.mark}"  # noqa: S608
+        return self.scalar(sql, (status.value,))
 
     def search(
         self, account: str, where: PaymentFilter, *, page_size: int = 0, page_token: str = ""
@@ -316,23 +285,20 @@ class PaymentListing:
         if page_token:
             created, pid = read_page_token(page_token, digest)
             conditions.append("(created_us, payment_id) < ({m}, {m})")
-            params.extend([created, self._id(pid)])
+            params.extend([created, self.key(pid)])
         sql = (
             f"SELECT {_COLUMNS} FROM {self.name} WHERE "  # noqa: S608
             + " AND ".join(conditions).format(m=self.mark)
             + f" ORDER BY created_us DESC, payment_id DESC LIMIT {size + 1}"
         )
-        self.create_table()
-        with self.datastore.transaction(commit=False) as cursor:
-            cursor.execute(sql, params)
-            found = [self._row(r) for r in cursor.fetchall()]
+        found = [self._row(r) for r in self.fetch(sql, params)]
         more = len(found) > size
         found = found[:size]
         return ListingPage(found, issue_page_token(found[-1], digest) if more else "")
 
     def _values(self, row: PaymentRow) -> tuple[Any, ...]:
         return (
-            self._id(row.payment_id), row.account, row.reference, row.status.value,
+            self.key(row.payment_id), row.account, row.reference, row.status.value,
             row.provider, row.region, row.amount, row.currency, micros(row.created_at),
             micros(row.updated_at), row.version,
         )  # fmt: skip
@@ -343,9 +309,6 @@ class PaymentListing:
             UUID(str(v[0])), v[1], v[2], Status(v[3]), v[4], v[5], int(v[6]), v[7],
             from_micros(int(v[8])), from_micros(int(v[9])), int(v[10]),
         )  # fmt: skip
-
-    def _id(self, payment_id: UUID) -> Any:
-        return payment_id if self.postgres else payment_id.hex
 
 
 def row_of(app: Payments, payment: Payment) -> PaymentRow:

@@ -139,8 +139,9 @@ def _result_kind(result: str) -> str:
 class StateCollector(Collector):
     """Read when scraped: each breaker's state, each bulkhead's refusals (its own counts),
     the payments in doubt (the in-doubt index's rows) and requiring review (the listing's),
-    and how far the webhook consumer and the listing are behind the log. Each is one indexed
-    query or a field; none scans the log."""
+    the webhook deliveries still unmatched (the unmatched index's rows), and how far the
+    webhook consumer and the listing are behind the log. Each is one indexed query or a
+    field; none scans the log."""
 
     def __init__(
         self,
@@ -149,6 +150,7 @@ class StateCollector(Collector):
         *,
         in_doubt: Callable[[], int],
         requiring_review: Callable[[], int],
+        unmatched: Callable[[], int],
         webhook_lag: Callable[[], int],
         listing_lag: Callable[[], int],
     ) -> None:
@@ -158,6 +160,9 @@ class StateCollector(Collector):
             "payorch_payments_in_doubt": ("Payments with an operation in doubt", in_doubt),
             "payorch_payments_requiring_review": (
                 "Payments flagged REQUIRES_REVIEW (from the listing)", requiring_review,
+            ),
+            "payorch_webhooks_unmatched": (
+                "Webhook deliveries still unmatched (the unmatched index's rows)", unmatched,
             ),
             "payorch_webhook_consumer_lag": (
                 "Log positions the webhook consumer is behind the head", webhook_lag,

@@ -22,9 +22,12 @@ recorder that drops it) would let this consumer skip a delivery for ever:
 
 A delivery about a payment not known yet is kept ``Unmatched``. ``rematch`` re-tries those
 when a payment is created or learns its provider's id (``Requested``, ``Authorized``,
-``ResolvedByOperator``) after them; their ids are kept in memory, read once from the log at
-start, so with none the re-match costs one query per pass that found the log moved. A re-try
-saves the delivery's ``Applied`` with the payment: the delivery's version makes it happen once.
+``ResolvedByOperator``) after them, and each newly unmatched one once. The open ones are read
+from a table of them kept from the log (``orchestrator.webhooks.unmatched``), never from the
+log itself, so a (re)start reads the handful still open and none of those matched long ago;
+with none, a pass that found the log moved costs the table's catch-up and one small query. A
+re-try saves the delivery's ``Applied`` with the payment: the delivery's version makes it
+happen once.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, ProcessingEvent
@@ -53,13 +55,13 @@ from orchestrator.domain.payment import (
 from orchestrator.domain.reference import ProviderReference, reference_id
 from orchestrator.domain.webhook import WebhookDelivery
 from orchestrator.ports import OutcomeStatus, ProviderOutcome, WebhookKind
+from orchestrator.webhooks.unmatched import UnmatchedIndex
 from orchestrator.worker import BackgroundLoop
 
 log = logging.getLogger("payorch.webhooks")
 
 TRACKING_NAME = "webhooks"
 _TOPICS = [get_topic(WebhookDelivery.Received)]
-_UNMATCHED = [get_topic(WebhookDelivery.Unmatched)]
 # Events after which a payment may be found by a delivery that named it: it exists, or the
 # provider's id for it is known (the reference index entry is saved with these).
 _PAYMENT_KNOWN = sorted(
@@ -97,10 +99,11 @@ class WebhookProcessor(BackgroundLoop):
         self._caught_up_to = 0
         # Told each delivery's result (metrics); None: nobody is told.
         self.on_result: Callable[[str], None] | None = None
-        # Deliveries left unmatched (by any consumer), re-tried when a payment becomes known,
-        # and the log position up to which both were looked for. Nothing is read for them
-        # while there are none but one query per pass that found the head moved.
-        self._unmatched: set[UUID] = set()
+        # Deliveries left unmatched (by any consumer), kept from the log by their own table,
+        # re-tried when a payment becomes known; those already tried once since this consumer
+        # started; and the log position up to which payments becoming known were looked for.
+        self.index = UnmatchedIndex(app.recorder)
+        self._tried: set[UUID] = set()
         self._fresh: set[UUID] = set()  # left unmatched by this consumer since the last pass
         self._watched = 0
 
@@ -146,35 +149,36 @@ class WebhookProcessor(BackgroundLoop):
         """Re-tries the unmatched deliveries if a payment became known since the last pass
         (up to ``head``), and those newly unmatched once (their payment may have committed
         just after they looked); returns how many it matched now."""
+        if self.index.catch_up(head, stopping=lambda: self.stopping) < head:
+            return 0  # stopping: the next start goes on from the index's position
         start, self._watched = self._watched, head
-        fresh = self._fresh | {
-            UUID(str(n.originator_id)) for n in self._between(start, head, _UNMATCHED)
-        }
+        open_ = set(self.index.delivery_ids())
+        # This consumer's own are past the head (recorded after it was read): not in the table
+        # yet, but as new as those another consumer left unmatched since the last pass.
+        fresh = self._fresh | (open_ - self._tried)
         self._fresh = set()
         retry = set(fresh)
-        if self._unmatched and self._between(start, head, _PAYMENT_KNOWN, limit=1):
-            retry |= self._unmatched
-        self._unmatched |= fresh
+        if open_ - retry and self._payment_known_between(start, head):
+            retry |= open_
         matched = 0
         for delivery_id in sorted(retry):
             effect = self.retry(delivery_id)
-            if not effect.startswith("unmatched"):
-                self._unmatched.discard(delivery_id)
+            if effect.startswith("unmatched"):
+                self._tried.add(delivery_id)
+            else:
+                self._tried.discard(delivery_id)
                 matched += effect.startswith("re-matched")
+        self._tried &= open_ | fresh  # matched since by an operator or another consumer
         return matched
 
-    def _between(self, start: int, stop: int, topics: list[str], limit: int = 0) -> list[Any]:
-        found: list[Any] = []
-        while start < stop:
-            page = self.app.recorder.select_notifications(
-                start=start, limit=limit or self.batch, stop=stop, topics=topics,
-                inclusive_of_start=False,
-            )  # fmt: skip
-            found.extend(page)
-            if limit or len(page) < self.batch:
-                break
-            start = page[-1].id
-        return found
+    def _payment_known_between(self, start: int, stop: int) -> bool:
+        """Whether a payment became known after ``start`` up to ``stop``: its first such event
+        is enough (one indexed query, however long the stretch)."""
+        return start < stop and bool(
+            self.app.recorder.select_notifications(
+                start=start, limit=1, stop=stop, topics=_PAYMENT_KNOWN, inclusive_of_start=False
+            )
+        )
 
     def retry(self, delivery_id: UUID) -> str:
         """Applies an unmatched delivery if the payment it names is known now (an operator's
@@ -202,8 +206,11 @@ class WebhookProcessor(BackgroundLoop):
 
     def unmatched(self) -> list[WebhookDelivery]:
         """The deliveries still unmatched, oldest first: what an operator lists."""
-        found = {UUID(str(n.originator_id)) for n in self._between(0, self._head(), _UNMATCHED)}
-        deliveries: list[WebhookDelivery] = [self.app.repository.get(i) for i in found]
+        self.index.catch_up(self._head())
+        deliveries: list[WebhookDelivery] = [
+            self.app.repository.get(i) for i in self.index.delivery_ids()
+        ]
+        # One applied after the head just read is still in the table: not listed.
         still = [d for d in deliveries if d.outcome == "unmatched"]
         return sorted(still, key=lambda d: d.created_on)
 
