@@ -51,6 +51,8 @@ from orchestrator.resilience.breaker import State
 from orchestrator.routing import Router
 from orchestrator.secrets import Secret
 from orchestrator.store import parse_database_url
+from orchestrator.tracing import Tracing, TracingSettingsError
+from orchestrator.tracing import configure as configure_tracing
 from orchestrator.webhooks.http import HttpServer
 from orchestrator.webhooks.intake import WebhookIntake
 from orchestrator.webhooks.processor import WebhookProcessor
@@ -415,6 +417,20 @@ def _reconcile(app: Payments, provider: str, statement: Path) -> int:
 
 
 def serve_forever(settings: Settings) -> int:
+    try:
+        # Before any provider client is made: its calls are traced from the first one.
+        tracing = configure_tracing()
+    except TracingSettingsError as e:
+        log.error("cannot start: %s", e)
+        return 2
+    try:
+        return _serve(settings, tracing)
+    finally:
+        if tracing is not None:
+            tracing.shutdown()  # exports the spans still queued
+
+
+def _serve(settings: Settings, tracing: Tracing | None) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -452,7 +468,7 @@ def serve_forever(settings: Settings) -> int:
         )  # fmt: skip
         server = create_server(
             settings.grpc_listen, app, max_workers=settings.grpc_workers, tls=config.tls,
-            auth=config.auth, metrics=metrics,
+            auth=config.auth, metrics=metrics, tracing=tracing,
         )  # fmt: skip
         intake = WebhookIntake(app, webhook_verifiers(config.router))
         http = HttpServer(
