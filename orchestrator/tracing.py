@@ -142,7 +142,9 @@ def configure(
     )
     if not named_by_env:  # Resource.create lets ours override the variables: only as default
         attributes[SERVICE_NAME] = "payorch"
-    provider = TracerProvider(resource=Resource.create(attributes))
+    # Flushed by ``Tracing.shutdown`` where the process stops, not by an atexit hook that
+    # would run after logging and the store have closed.
+    provider = TracerProvider(resource=Resource.create(attributes), shutdown_on_exit=False)
     if exporter is None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 

@@ -336,7 +336,7 @@ def test_payorch_serve_exports_a_create_payment_over_otlp_when_the_variables_say
         finally:
             process.send_signal(signal.SIGTERM)
             assert process.wait(30) == 0, log.read_text()
-    # The batch was still queued at SIGTERM: the shutdown exported it.
+    # The batch was still queued at SIGTERM (it waits 5 s): serve's shutdown exported it.
     assert receiver.paths and set(receiver.paths) == {"/v1/traces"}
     spans = receiver.spans()
     assert {resource["service.name"] for resource, _ in spans} == {"payorch-test"}
