@@ -32,6 +32,7 @@ import json
 import re
 import statistics
 import sys
+import timeit
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -92,10 +93,32 @@ def phase(
         result["metrics_status"] = scraped.status_code
         counted = _CREATES.search(scraped.text) if scraped.status_code == 200 else None
         result["creates_counted"] = float(counted[1]) if counted else 0.0
+    # CPU time the server spent per create: steadier than creates/s on a shared machine,
+    # where other work takes the cores the server would use.
+    result["server_cpu_ms_per_create"] = (
+        1000 * result["cpu_cores"]["server"] / result["throughput"] if result["throughput"] else 0
+    )
     # After the server stopped: its shutdown exported what was still queued.
     result["traced"] = traced
     result["spans_exported"] = _spans(sink) - spans_before
     return result
+
+
+def span_site_off_ns() -> float:
+    """What one span site of the application costs with tracing off (a create passes two:
+    payment.authorize and provider.authorize), in this process, which never set tracing up."""
+    from orchestrator.tracing import payment_attributes, span
+
+    def site() -> None:
+        with span("payment.authorize", payment_attributes("p", "sandbox", "authorize")):
+            pass
+
+    number = 200_000
+    return min(timeit.repeat(site, number=number, repeat=5)) / number * 1e9
+
+
+def _rounds(ratios: list[float]) -> str:
+    return "median; per round " + ", ".join(f"{r:.3f}" for r in ratios)
 
 
 def _spans(sink: str) -> int:
@@ -170,6 +193,19 @@ def main(argv: list[str] | None = None) -> int:
         b / a for a, b in zip(rates["metrics"], rates["traced"], strict=True) if a
     ]
     medians = {c: statistics.median(r) if r else float("nan") for c, r in ratios.items()}
+    cpu = {
+        c: [p["server_cpu_ms_per_create"] for p in phases if p["configuration"] == c]
+        for c in CONFIGURATIONS
+    }
+    cpu_ratios = {
+        c: [b / a for a, b in zip(cpu["bare"], cpu[c], strict=True) if a]
+        for c in CONFIGURATIONS[1:]
+    }
+    cpu_ratios["traced/metrics"] = [
+        b / a for a, b in zip(cpu["metrics"], cpu["traced"], strict=True) if a
+    ]
+    site_ns = span_site_off_ns()
+    bare_cpu_ms = statistics.median(cpu["bare"]) if cpu["bare"] else float("nan")
     print(
         f"{started:%Y-%m-%d %H:%M:%S} UTC, PostgreSQL, {opts.concurrency} in flight, "
         f"{opts.warmup:g} s warm-up + {opts.duration:g} s windows, {opts.runs} round(s)"
@@ -177,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     for p in phases:
         print(
             f"{p['configuration']:>7}: {p['throughput']:,.1f} creates/s, "
-            f"p50 / p99 {p['p50_ms']:.1f} / {p['p99_ms']:.1f} ms"
+            f"p50 / p99 {p['p50_ms']:.1f} / {p['p99_ms']:.1f} ms, "
+            f"server CPU {p['server_cpu_ms_per_create']:.2f} ms/create"
             + (f", {p['spans_exported']:,} spans exported" if p["traced"] else "")
         )
     for name, label in (
@@ -185,11 +222,29 @@ def main(argv: list[str] | None = None) -> int:
         ("traced", "metrics on, tracing on  / bare"),
         ("traced/metrics", "tracing on / tracing off (metrics on)"),
     ):
-        print(f"{label}: {medians[name]:.3f} (median); per round: "
-              + ", ".join(f"{r:.3f}" for r in ratios[name]))  # fmt: skip
+        print(
+            f"{label}: creates/s {medians[name]:.3f} ({_rounds(ratios[name])}), "
+            f"server CPU per create {statistics.median(cpu_ratios[name]):.3f} "
+            f"({_rounds(cpu_ratios[name])})"
+        )
+    print(
+        f"tracing off: a span site costs {site_ns:.0f} ns; a create passes 2, "
+        f"{2 * site_ns / 1e6 / bare_cpu_ms:.5f} of the bare server's CPU per create"
+    )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"metrics-{started:%Y%m%dT%H%M%SZ}.json"
-    out.write_text(json.dumps({"phases": phases, "ratios": ratios, "medians": medians}, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "phases": phases,
+                "ratios": ratios,
+                "medians": medians,
+                "cpu_ratios": cpu_ratios,
+                "span_site_off_ns": site_ns,
+            },
+            indent=1,
+        )
+    )
     print(f"raw numbers: {out}")
     failed = checks(phases)
     for line in failed:
