@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import grpc
@@ -168,7 +168,23 @@ def span(name: str, attributes: Mapping[str, str]) -> AbstractContextManager[Any
     tracing = _Process.tracing
     if tracing is None:
         return _OFF
-    return tracing.tracer.start_as_current_span(name, attributes=dict(attributes))
+    return _recording(tracing.tracer, name, attributes)
+
+
+@contextmanager
+def _recording(tracer: Tracer, name: str, attributes: Mapping[str, str]) -> Iterator[Span]:
+    """A span whose failure is told by the exception's type alone: the SDK's default would
+    record the message and traceback, which are not ours to export."""
+    from opentelemetry.trace import Status, StatusCode
+
+    with tracer.start_as_current_span(
+        name, attributes=dict(attributes), record_exception=False, set_status_on_exception=False
+    ) as current:
+        try:
+            yield current
+        except BaseException as e:
+            current.set_status(Status(StatusCode.ERROR, type(e).__name__))
+            raise
 
 
 def payment_attributes(payment_id: str, provider: str, operation: str) -> dict[str, str]:

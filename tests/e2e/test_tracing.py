@@ -35,7 +35,9 @@ from orchestrator.api.server import PaymentServer, create_server
 from orchestrator.application import Payments
 from orchestrator.bootstrap import build_payments, load_configuration
 from orchestrator.logs import ContextFilter, JsonFormatter
+from tests.e2e.conftest import free_port
 from tests.e2e.helpers import create_request, error_reason
+from tests.e2e.test_resilience import provider
 from tests.emulators import stripe
 
 pytestmark = pytest.mark.timeout(120)
@@ -76,7 +78,8 @@ def traced(
         f'[providers.sandbox]\ntype = "sandbox"\nbase_url = "{sandbox.url}"\n'
         f'[providers.stripe-gb]\ntype = "stripe"\nbase_url = "{emulator.url}"\n'
         f'secret_key_env = "{STRIPE_KEY_VARIABLE}"\n'
-        '[routes]\n"*" = ["sandbox"]\nGB = ["stripe-gb"]\n'
+        + provider("down", f"http://127.0.0.1:{free_port()}", threshold=100)
+        + '[routes]\n"*" = ["sandbox"]\nGB = ["stripe-gb"]\nEU = ["down"]\n'
     )
     app = build_payments(database_url, load_configuration(str(config), None).router)
     server = create_server("127.0.0.1:0", app, tracing=setup)
@@ -184,6 +187,44 @@ def test_no_secret_or_card_data_is_put_on_any_span(traced: Traced) -> None:
     for secret in (stripe.SECRET_KEY, "pm_card_visa", "trace-gb"):
         assert secret not in text
     assert created.payment_id in text  # the scan does see span attributes
+
+
+def test_a_capture_and_a_stream_are_traced_each_in_its_own_trace(traced: Traced) -> None:
+    created = traced.stub.CreatePayment(create_request("trace-cap"))
+    traced.exporter.clear()
+    captured = traced.stub.CapturePayment(
+        pb.CapturePaymentRequest(idempotency_key="trace-cap-1", payment_id=created.payment_id)
+    )
+    assert captured.status == pb.PAYMENT_STATUS_CAPTURED
+    events = list(traced.stub.StreamEvents(pb.StreamEventsRequest(follow=False)))
+    assert events
+    spans = traced.spans()
+    capture = server_span(spans, "payments.v1.PaymentOrchestrator/CapturePayment")
+    (http,) = http_spans(spans, traced.sandbox_url)
+    assert [s.name for s in ancestors(http, spans)] == [
+        "provider.capture",
+        "payment.capture",
+        capture.name,
+    ]
+    stream = server_span(spans, "payments.v1.PaymentOrchestrator/StreamEvents")
+    assert stream.context.trace_id != capture.context.trace_id
+    assert stream.attributes is not None
+    assert stream.attributes["rpc.grpc.status_code"] == 0
+
+
+def test_a_failed_provider_call_is_an_error_span_naming_only_the_exceptions_type(
+    traced: Traced,
+) -> None:
+    created = traced.stub.CreatePayment(create_request("trace-down", region="EU"))
+    assert created.status == pb.PAYMENT_STATUS_FAILED  # nobody listens: certainly not charged
+    spans = traced.spans()
+    (call,) = [s for s in spans if s.name == "provider.authorize"]
+    assert call.status.status_code is StatusCode.ERROR
+    assert call.status.description == "ProviderNotReached"
+    assert call.events == ()  # no message, no traceback
+    attempts = [s for s in spans if s.kind is SpanKind.CLIENT]
+    assert attempts and all(ancestors(a, spans)[0] is call for a in attempts)
+    assert all(a.status.status_code is StatusCode.ERROR for a in attempts)
 
 
 def test_the_callers_traceparent_is_honoured(traced: Traced) -> None:
