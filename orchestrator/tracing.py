@@ -52,6 +52,7 @@ SUPPORTED_PROTOCOL: Final = "http/protobuf"
 UNTRACED_PREFIXES: Final = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _OFF: Final[AbstractContextManager[None]] = nullcontext()
 _TRUE = ("true", "1", "yes", "on")
+_SANITIZE = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS"
 
 
 class TracingSettingsError(ValueError):
@@ -151,10 +152,18 @@ def configure(
         exporter = OTLPSpanExporter()  # endpoint, headers, timeout: from the OTEL_* variables
         processor = processor or BatchSpanProcessor
     provider.add_span_processor((processor or SimpleSpanProcessor)(exporter))
-    # Header values the instrumentation may be asked to capture could be credentials.
-    os.environ["OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS"] = ".*"
+    # Header values the instrumentation may be asked to capture could be credentials: it
+    # reads which to redact from the environment, once, when it instruments.
+    asked = os.environ.get(_SANITIZE)
+    os.environ[_SANITIZE] = ".*"
     instrumentor = HTTPXClientInstrumentor()
-    instrumentor.instrument(tracer_provider=provider)
+    try:
+        instrumentor.instrument(tracer_provider=provider)
+    finally:
+        if asked is None:
+            del os.environ[_SANITIZE]
+        else:
+            os.environ[_SANITIZE] = asked
     tracer = provider.get_tracer("payorch")
     tracing = Tracing(provider, tracer, instrumentor.uninstrument)
     _Process.tracing = tracing
