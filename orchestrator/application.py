@@ -75,6 +75,7 @@ from orchestrator.resilience.bulkhead import ProviderBusy
 from orchestrator.resilience.provider import Stats
 from orchestrator.results import DEFAULT_SIZE, KnownResult, ResultCache
 from orchestrator.routing import Route, Router
+from orchestrator.tracing import payment_attributes, span
 
 log = logging.getLogger("payorch.payments")
 
@@ -509,8 +510,12 @@ class Payments(Application[UUID]):
         answer_by: float | None,
         fallbacks: Sequence[Route] = (),
     ) -> Payment:
-        with ExitStack() as held, working_on(str(payment.id), op.kind.value):
-            # held: the slots of the providers it fails over to
+        pid, kind = str(payment.id), op.kind.value
+        with (
+            ExitStack() as held,  # the slots of the providers it fails over to
+            working_on(pid, kind),
+            span(f"payment.{kind}", payment_attributes(pid, op.provider, kind)),
+        ):
             return self._attempts(payment, record, op, answer_by, fallbacks, held=held)
 
     def _attempts(
@@ -682,6 +687,10 @@ class Payments(Application[UUID]):
         op = payment.operation_in_doubt
         if op is None or op.review_required or not self._lease_over(payment):
             return payment
+        with span("payment.lookup", payment_attributes(str(payment.id), op.provider, "lookup")):
+            return self._look_up(payment, op)
+
+    def _look_up(self, payment: Payment, op: Operation) -> Payment:
         # A follow-up command asks whenever its caller retries; only a lookup the schedule
         # called for may count as a step, or a few retries would send it to review early.
         scheduled = self.lookup_due(payment)

@@ -51,6 +51,8 @@ from orchestrator.resilience.breaker import State
 from orchestrator.routing import Router
 from orchestrator.secrets import Secret
 from orchestrator.store import parse_database_url
+from orchestrator.tracing import Tracing, TracingSettingsError
+from orchestrator.tracing import configure as configure_tracing
 from orchestrator.webhooks.http import HttpServer
 from orchestrator.webhooks.intake import WebhookIntake
 from orchestrator.webhooks.processor import WebhookProcessor
@@ -452,6 +454,20 @@ def _on_signals(grace: float) -> tuple[threading.Event, threading.Event]:
 
 
 def serve_forever(settings: Settings) -> int:
+    try:
+        # Before any provider client is made: its calls are traced from the first one.
+        tracing = configure_tracing()
+    except TracingSettingsError as e:
+        log.error("cannot start: %s", e)
+        return 2
+    try:
+        return _serve(settings, tracing)
+    finally:
+        if tracing is not None:
+            tracing.shutdown()  # exports the spans still queued
+
+
+def _serve(settings: Settings, tracing: Tracing | None) -> int:
     stop, now = _on_signals(settings.drain_grace)
     _warn_of_missing_keys()
     sandbox = None
@@ -481,7 +497,7 @@ def serve_forever(settings: Settings) -> int:
         )  # fmt: skip
         server = create_server(
             settings.grpc_listen, app, max_workers=settings.grpc_workers, tls=config.tls,
-            auth=config.auth, metrics=metrics,
+            auth=config.auth, metrics=metrics, tracing=tracing,
         )  # fmt: skip
         intake = WebhookIntake(app, webhook_verifiers(config.router))
         http = HttpServer(
@@ -518,6 +534,8 @@ def serve_forever(settings: Settings) -> int:
         # end the process now. Each one's intent is recorded, its outcome is not: in doubt,
         # as after a crash, and recovery (here or on another replica) asks the provider.
         log.warning("drain: %d command(s) still in flight left in doubt, for recovery", left)
+        if tracing is not None:
+            tracing.shutdown()  # os._exit skips serve_forever's own
         logging.shutdown()
         os._exit(0)
     app.close()

@@ -14,6 +14,7 @@ from orchestrator.api.servicer import PaymentOrchestratorServicer
 from orchestrator.api.trust import MAX_MESSAGE_BYTES, AuthSettings, TlsSettings
 from orchestrator.application import Payments
 from orchestrator.metrics import Metrics
+from orchestrator.tracing import Tracing
 
 SERVICE_NAME = payments_pb2.DESCRIPTOR.services_by_name["PaymentOrchestrator"].full_name
 # Calls served at once. One process runs Python on about one core, so more threads than the
@@ -70,12 +71,16 @@ def create_server(
     tls: TlsSettings | None = None,
     auth: AuthSettings | None = None,
     metrics: Metrics | None = None,
+    tracing: Tracing | None = None,
 ) -> PaymentServer:
     """``tls``: listen with TLS (client certificates required when it names a client CA);
     ``auth``: authenticate every call (no interceptor at all without it); ``metrics``: count
-    and time every call (first, so refused calls count too)."""
+    and time every call (so refused calls count too); ``tracing``: a server span per call,
+    outermost, so the time and log lines of metrics and auth fall inside it."""
     max_message = auth.max_message_bytes if auth is not None else MAX_MESSAGE_BYTES
     interceptors: list[grpc.ServerInterceptor] = []  # type: ignore[type-arg]
+    if tracing is not None:
+        interceptors.append(tracing.interceptor())
     if metrics is not None:
         interceptors.append(metrics.interceptor())
     if auth is not None:

@@ -34,6 +34,7 @@ from orchestrator.ports import (
 from orchestrator.resilience.breaker import CircuitBreaker, Permit
 from orchestrator.resilience.bulkhead import Bulkhead, ProviderBusy
 from orchestrator.resilience.retry import Jitter, RetryPolicy, delays, full_jitter
+from orchestrator.tracing import payment_attributes, span
 
 log = logging.getLogger("payorch.resilience")
 
@@ -121,32 +122,33 @@ class ResilientProvider:
         self.bulkhead = bulkhead or Bulkhead(inner.name, clock=clock)
 
     def authorize(self, operation: ProviderOperation, *, timeout: float) -> ProviderOutcome:
-        with self._slot(operation):
+        with self._slot(operation, operation.kind.value):
             return self._observed(operation, self._call, self.inner.authorize, timeout)
 
     def capture(self, operation: ProviderOperation, *, timeout: float) -> ProviderOutcome:
-        with self._slot(operation):
+        with self._slot(operation, operation.kind.value):
             return self._observed(operation, self._call, self.inner.capture, timeout)
 
     def cancel(self, operation: ProviderOperation, *, timeout: float) -> ProviderOutcome:
-        with self._slot(operation):
+        with self._slot(operation, operation.kind.value):
             return self._observed(operation, self._call, self.inner.cancel, timeout)
 
     def refund(self, operation: ProviderOperation, *, timeout: float) -> ProviderOutcome:
-        with self._slot(operation):
+        with self._slot(operation, operation.kind.value):
             return self._observed(operation, self._call, self.inner.refund, timeout)
 
     def lookup(self, operation: ProviderOperation, *, timeout: float) -> ProviderOutcome | None:
         """A lookup is a read: retried like any call, and it never moves money."""
-        with self._slot(operation):
+        with self._slot(operation, "lookup"):
             return self._observed(operation, lambda _call, op, t: self._lookup(op, t),
                                   self.inner.lookup, timeout)  # fmt: skip
 
     @contextmanager
-    def _slot(self, operation: ProviderOperation) -> Iterator[None]:
+    def _slot(self, operation: ProviderOperation, what: str) -> Iterator[None]:
         """The bulkhead's slot, held for the whole call: retries, their waits, and a lookup
         made instead of a re-send (which takes no second slot). Log lines inside name the
-        payment and the operation."""
+        payment and the operation; the call's span (``provider.<what>``) holds one HTTP span
+        per attempt."""
         try:
             taken = self.bulkhead.take_slot()
         except ProviderBusy:
@@ -155,7 +157,11 @@ class ResilientProvider:
                 self.observer.provider_call(self.name, operation.kind.value, "not_reached", 0.0)
             raise
         try:
-            with working_on(operation.payment_id, operation.kind.value):
+            attributes = payment_attributes(operation.payment_id, self.name, what)
+            with (
+                working_on(operation.payment_id, operation.kind.value),
+                span(f"provider.{what}", attributes),
+            ):
                 yield
         finally:
             if taken:

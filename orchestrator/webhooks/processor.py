@@ -55,6 +55,7 @@ from orchestrator.domain.payment import (
 from orchestrator.domain.reference import ProviderReference, reference_id
 from orchestrator.domain.webhook import WebhookDelivery
 from orchestrator.ports import OutcomeStatus, ProviderOutcome, WebhookKind
+from orchestrator.tracing import span
 from orchestrator.webhooks.unmatched import UnmatchedIndex
 from orchestrator.worker import BackgroundLoop
 
@@ -218,6 +219,10 @@ class WebhookProcessor(BackgroundLoop):
         return self.app.recorder.max_notification_id() or 0
 
     def process(self, delivery_id: UUID, notification_id: int) -> str:
+        with span("webhook.process", {"webhook.delivery_id": str(delivery_id)}):
+            return self._process(delivery_id, notification_id)
+
+    def _process(self, delivery_id: UUID, notification_id: int) -> str:
         for _ in range(_CONFLICTS):
             delivery: WebhookDelivery = self.app.repository.get(delivery_id)
             processing: ProcessingEvent[UUID] = ProcessingEvent(
