@@ -9,7 +9,9 @@ a page apply in order to one in-memory payment, each seeing what the one before 
 the page's transaction fails (another replica's consumer or a command saved one of its
 payments or deliveries meanwhile: an ``IntegrityError``), each of its deliveries goes alone,
 in its own transaction as before the pages, and is applied once or found applied by the other
-consumer. Out-of-order and duplicate deliveries cannot regress a payment: the domain only
+consumer. A page's deliveries are made from its notifications (their ``Received`` events), not
+read again: one that moved on since takes a version already stored, which fails the page.
+Out-of-order and duplicate deliveries cannot regress a payment: the domain only
 resolves operations still in doubt, and records each reversal and dispute once.
 
 Why a page: a transaction's cost is mostly fixed (on SQLite a commit's fsync, on PostgreSQL the
@@ -248,9 +250,7 @@ class WebhookProcessor(BackgroundLoop):
         payments: dict[UUID, Payment] = {}  # read once each, changed by each delivery in turn
         applied: list[tuple[WebhookDelivery, str]] = []
         for notification in page:
-            delivery: WebhookDelivery = self.app.repository.get(
-                UUID(str(notification.originator_id))
-            )
+            delivery = self._received(notification)
             effect = self._apply(delivery, processing, payments)
             processing.collect_events(delivery)
             applied.append((delivery, effect))
@@ -259,6 +259,17 @@ class WebhookProcessor(BackgroundLoop):
         for delivery, effect in applied:
             _log_applied(delivery, effect)
         return [effect for _, effect in applied]
+
+    def _received(self, notification: Any) -> WebhookDelivery:
+        """The delivery as its ``Received`` event (the page's notification) made it, without
+        reading it again. If it moved on since (another consumer applied it), its ``Applied``
+        takes a version already stored, the page's transaction fails, and ``process`` reads it
+        whole: the version is the lock, as for any aggregate read before a save."""
+        received = self.app.mapper.to_domain_event(notification)
+        assert isinstance(received, WebhookDelivery.Received), "a page holds these only"
+        delivery = received.mutate(None)
+        assert isinstance(delivery, WebhookDelivery)
+        return delivery
 
     def process(self, delivery_id: UUID, notification_id: int) -> str:
         """Applies one delivery in its own transaction, with its position."""

@@ -215,6 +215,36 @@ def test_two_consumers_racing_for_a_delivery_apply_it_once(
     assert first.position() == head(app)
 
 
+def test_a_page_holding_deliveries_another_consumer_applied_meanwhile_applies_the_rest_once(
+    app: Payments, database_url: str
+) -> None:
+    """A page's deliveries are made from its notifications, not read again: one another
+    replica applied since makes the page's transaction fail, and each delivery then goes
+    alone, reading what the other did."""
+    payments = [capture_in_doubt(app) for _ in range(4)]
+    for payment in payments:
+        store_capture_succeeded(app, payment)
+    other = replica(database_url)
+    second = WebhookProcessor(other, batch=2)
+
+    class Racing(WebhookProcessor):
+        def process_page(self, page: Sequence[Any]) -> list[str]:
+            second.process_page(page[:2])  # the other replica's first page, while this reads
+            return super().process_page(page)
+
+    first = Racing(app)
+    effects: list[str] = []
+    first.on_result = effects.append
+    try:
+        assert first.run_once() == 4
+    finally:
+        other.close()
+
+    assert effects == ["processed by another consumer"] * 2 + ["resolved operation 2"] * 2
+    assert first.stats.fallbacks == 1
+    assert [received(app, p) for p in payments] == [1] * 4
+
+
 def test_two_consumers_running_at_once_apply_each_delivery_once(
     app: Payments, database_url: str
 ) -> None:
