@@ -242,7 +242,7 @@ class WebhookProcessor(BackgroundLoop):
                 # its payment refuses) then fails alone, after those before it are applied.
                 self.stats.fallbacks += 1
                 log.info("a page of %d webhook deliveries failed (%s): each goes alone",
-                         len(page), e or type(e).__name__)  # fmt: skip
+                         len(page), str(e) or type(e).__name__)  # fmt: skip
         return [self.process(UUID(str(n.originator_id)), n.id) for n in page]
 
     def _process_together(self, page: Sequence[Any]) -> list[str]:
