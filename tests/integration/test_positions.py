@@ -9,13 +9,14 @@ from __future__ import annotations
 import base64
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
 import psycopg
 import pytest
+from eventsourcing.persistence import Tracking
 
 from adapters.sandbox import SandboxAdapter, SandboxServer
 from orchestrator.application import Payments
@@ -83,7 +84,12 @@ def unrelated(app: Payments, n: int) -> None:
 
 def store_capture_succeeded(app: Payments, payment: Payment) -> int:
     """Stores a verified delivery as the intake does; returns its place in the log."""
-    event_id = f"evt_{uuid4().hex[:12]}"
+    return store_delivery(app, payment, f"evt_{uuid4().hex[:12]}")
+
+
+def store_delivery(app: Payments, payment: Payment, event_id: str) -> int:
+    """A verified ``capture.succeeded`` of the payment's last operation, as the intake stores
+    it (``event_id`` distinct: the provider sent it again); returns its place in the log."""
     op = payment.operations[-1]
     recordings = app.save(
         WebhookDelivery(
@@ -194,9 +200,9 @@ def test_two_consumers_racing_for_a_delivery_apply_it_once(
     second = WebhookProcessor(other)
 
     class Racing(WebhookProcessor):
-        def process(self, delivery: UUID, notification_id: int) -> str:
+        def process_page(self, page: Sequence[Any]) -> list[str]:
             second.run_once()  # the other replica applies it first, while this one reads it
-            return super().process(delivery, notification_id)
+            return super().process_page(page)
 
     try:
         first = Racing(app)
@@ -209,15 +215,46 @@ def test_two_consumers_racing_for_a_delivery_apply_it_once(
     assert first.position() == head(app)
 
 
+def test_a_page_holding_deliveries_another_consumer_applied_meanwhile_applies_the_rest_once(
+    app: Payments, database_url: str
+) -> None:
+    """A page's deliveries are made from its notifications, not read again: one another
+    replica applied since makes the page's transaction fail, and each delivery then goes
+    alone, reading what the other did."""
+    payments = [capture_in_doubt(app) for _ in range(4)]
+    for payment in payments:
+        store_capture_succeeded(app, payment)
+    other = replica(database_url)
+    second = WebhookProcessor(other, batch=2)
+
+    class Racing(WebhookProcessor):
+        def process_page(self, page: Sequence[Any]) -> list[str]:
+            second.process_page(page[:2])  # the other replica's first page, while this reads
+            return super().process_page(page)
+
+    first = Racing(app)
+    effects: list[str] = []
+    first.on_result = effects.append
+    try:
+        assert first.run_once() == 4
+    finally:
+        other.close()
+
+    assert effects == ["processed by another consumer"] * 2 + ["resolved operation 2"] * 2
+    assert first.stats.fallbacks == 1
+    assert [received(app, p) for p in payments] == [1] * 4
+
+
 def test_two_consumers_running_at_once_apply_each_delivery_once(
     app: Payments, database_url: str
 ) -> None:
     payments = [capture_in_doubt(app) for _ in range(6)]
-    for payment in payments:
-        unrelated(app, 3)
-        store_capture_succeeded(app, payment)
+    for round_ in range(3):  # each payment's deliveries spread over the log
+        for payment in payments:
+            unrelated(app, 1)
+            store_delivery(app, payment, f"evt_{payment.id.hex}_{round_}")
     other = replica(database_url)
-    consumers = [WebhookProcessor(app), WebhookProcessor(other)]
+    consumers = [WebhookProcessor(app, batch=4), WebhookProcessor(other, batch=4)]
     start = threading.Barrier(2)
     errors: list[BaseException] = []
 
@@ -239,36 +276,153 @@ def test_two_consumers_running_at_once_apply_each_delivery_once(
     finally:
         other.close()
     assert not errors
-    assert [received(app, p) for p in payments] == [1] * len(payments)
+    assert [received(app, p) for p in payments] == [3] * len(payments)
 
 
-def test_a_consumer_that_crashes_mid_pass_never_moves_past_what_it_did_not_apply(
+def crash_when_tracking_past(app: Payments, position: int) -> None:
+    """The replica dies inside the transaction that would move the consumer's position past
+    ``position``: after its events are written, before it commits."""
+    recorder: Any = app.recorder
+    insert_tracking = recorder._insert_tracking
+
+    def crashing(cursor: Any, tracking: Tracking) -> None:
+        if tracking.notification_id > position:
+            raise SystemExit("killed before the transaction committed")
+        insert_tracking(cursor, tracking)
+
+    recorder._insert_tracking = crashing
+
+
+def test_a_consumer_that_crashes_mid_page_applies_none_of_the_page(
     app: Payments, database_url: str
 ) -> None:
+    """A page is one transaction: a crash before it commits leaves nothing of it, and the
+    position where it was; the restarted consumer applies each delivery once."""
     first, second = capture_in_doubt(app), capture_in_doubt(app)
     at_first = store_capture_succeeded(app, first)
     unrelated(app, 5)
     store_capture_succeeded(app, second)
     unrelated(app, 5)
-
-    class CrashesOnTheSecond(WebhookProcessor):
-        def process(self, delivery: UUID, notification_id: int) -> str:
-            if notification_id > at_first:
-                raise SystemExit("killed before the second delivery's transaction")
-            return super().process(delivery, notification_id)
+    before = WebhookProcessor(app).position()
+    crash_when_tracking_past(app, at_first)
 
     with pytest.raises(SystemExit):
-        CrashesOnTheSecond(app).run_once()
+        WebhookProcessor(app).run_once()
+
     restarted = replica(database_url)
     try:
         consumer = WebhookProcessor(restarted)
-        assert consumer.position() == at_first
-        assert consumer.run_once() == 1
+        assert consumer.position() == before < at_first
+        assert (received(restarted, first), received(restarted, second)) == (0, 0)
+        assert consumer.run_once() == 2
         assert consumer.run_once() == 0  # past its own events too, on the next pass
+        assert consumer.position() == head(restarted)
+        assert (received(restarted, first), received(restarted, second)) == (1, 1)
+    finally:
+        restarted.close()
+
+
+def test_a_consumer_that_crashes_between_pages_keeps_the_pages_it_committed(
+    app: Payments, database_url: str
+) -> None:
+    payments = [capture_in_doubt(app) for _ in range(3)]
+    at = [store_capture_succeeded(app, p) for p in payments]
+    unrelated(app, 5)
+    crash_when_tracking_past(app, at[1])
+
+    with pytest.raises(SystemExit):
+        WebhookProcessor(app, batch=2).run_once()  # its second page is the third delivery
+
+    restarted = replica(database_url)
+    try:
+        consumer = WebhookProcessor(restarted, batch=2)
+        assert consumer.position() == at[1]
+        assert [received(restarted, p) for p in payments] == [1, 1, 0]
+        assert consumer.run_once() == 1
+        assert consumer.run_once() == 0
         assert consumer.position() == head(restarted)
     finally:
         restarted.close()
-    assert (received(app, first), received(app, second)) == (1, 1)
+    assert [received(app, p) for p in payments] == [1, 1, 1]
+
+
+def test_a_page_of_deliveries_is_applied_in_one_transaction(app: Payments) -> None:
+    payments = [capture_in_doubt(app) for _ in range(6)]
+    for payment in payments:
+        store_capture_succeeded(app, payment)
+        unrelated(app, 2)
+    consumer = WebhookProcessor(app)
+    reads = Reads(app.recorder)
+
+    assert consumer.run_once() == 6
+
+    # One save: the payments, the deliveries' Applied and the position of the last; then
+    # the position moves past the unrelated events after it.
+    assert (reads.calls["insert_events"], reads.calls["insert_tracking"]) == (1, 1)
+    assert [received(app, p) for p in payments] == [1] * 6
+    assert all(app.get_payment(p.id).status is Status.CAPTURED for p in payments)
+    assert consumer.run_once() == 0  # past its own events, on the next pass
+    assert consumer.position() == head(app)
+
+
+def test_deliveries_of_one_payment_in_a_page_apply_in_order_to_one_payment(
+    app: Payments,
+) -> None:
+    """The second sees what the first changed, in the same transaction, without a conflict."""
+    payment = capture_in_doubt(app)
+    store_delivery(app, payment, "evt_first")
+    store_delivery(app, payment, "evt_again")  # the provider sent it again, under a new id
+    consumer = WebhookProcessor(app)
+    effects: list[str] = []
+    consumer.on_result = effects.append
+    reads = Reads(app.recorder)
+
+    assert consumer.run_once() == 2
+
+    assert effects == ["resolved operation 2", "operation 2 already succeeded: unchanged"]
+    assert reads.calls["insert_events"] == 1
+    assert consumer.stats.fallbacks == 0
+    assert received(app, payment) == 2
+    assert app.get_payment(payment.id).status is Status.CAPTURED
+
+
+def test_a_conflict_in_a_page_falls_back_to_one_delivery_at_a_time(
+    app: Payments, database_url: str
+) -> None:
+    """Another replica's command saves one of the page's payments while the page is being
+    applied: the page's transaction fails whole, and each delivery goes alone, once."""
+    payments = [capture_in_doubt(app) for _ in range(4)]
+    for payment in payments:
+        store_capture_succeeded(app, payment)
+    other = replica(database_url)
+    record_processing = app.record_processing
+
+    def a_command_saves_the_third_payment_first(processing: Any) -> None:
+        app.record_processing = record_processing  # type: ignore[method-assign]
+        moved = other.get_payment(payments[2].id)
+        op = moved.operations[-1]
+        moved.record_success(op.sequence, provider_reference="sbx", amount=op.amount,
+                             caused_by=CAUSE)  # fmt: skip
+        other.save(moved)  # recovery learned the capture's outcome meanwhile
+        record_processing(processing)
+
+    app.record_processing = a_command_saves_the_third_payment_first  # type: ignore[method-assign]
+    consumer = WebhookProcessor(app)
+    effects: list[str] = []
+    consumer.on_result = effects.append
+    reads = Reads(app.recorder)
+    try:
+        assert consumer.run_once() == 4
+    finally:
+        other.close()
+
+    assert consumer.stats.fallbacks == 1
+    assert reads.calls["insert_events"] == 1 + 4  # the page that failed, then each alone
+    assert effects[2] == "operation 2 already succeeded: unchanged"
+    assert [received(app, p) for p in payments] == [1] * 4
+    assert all(app.get_payment(p.id).status is Status.CAPTURED for p in payments)
+    assert consumer.run_once() == 0
+    assert consumer.position() == head(app)
 
 
 @pytest.mark.postgres
