@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, cast
+from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from orchestrator.api.handlers import Behaviour, final_code, rewrapped
 from orchestrator.resilience.breaker import State
 from orchestrator.resilience.bulkhead import Bulkhead
 
@@ -193,8 +194,6 @@ class StateCollector(Collector):
 
 # --- gRPC ---------------------------------------------------------------------------------
 
-Behaviour = Callable[[Any, grpc.ServicerContext], Any]
-
 
 class MetricsInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     """Counts each call by method and final status code and times it. First in the chain, so
@@ -212,34 +211,14 @@ class MetricsInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:
             return None
         method = details.method
-        codec = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, handler.unary_unary), **codec
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                self._unary(method, handler.stream_unary), **codec
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._streamed(method, handler.unary_stream), **codec
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            self._streamed(method, cast(Behaviour, handler.stream_stream)), **codec
+        return rewrapped(
+            handler,
+            unary=lambda behaviour: self._unary(method, behaviour),
+            streamed=lambda behaviour: self._streamed(method, behaviour),
         )
 
     def _done(self, method: str, context: grpc.ServicerContext, started: float, ok: bool) -> None:
-        # Set by abort or set_code; None when the servicer set none. (grpcio's server context
-        # has code(); its stubs do not declare it.)
-        code = cast(Any, context).code()
-        if code is None:
-            code = grpc.StatusCode.OK if ok else grpc.StatusCode.UNKNOWN
-        name = code.name if isinstance(code, grpc.StatusCode) else str(code)
-        self.metrics.grpc_calls.labels(method, name).inc()
+        self.metrics.grpc_calls.labels(method, final_code(context, ok).name).inc()
         self.metrics.grpc_seconds.labels(method).observe(time.perf_counter() - started)
 
     def _unary(self, method: str, behaviour: Behaviour) -> Behaviour:

@@ -36,9 +36,11 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final
 
 import grpc
+
+from orchestrator.api.handlers import Behaviour, final_code, rewrapped
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
@@ -213,9 +215,6 @@ def current_ids() -> tuple[str, str] | None:
     return format(context.trace_id, "032x"), format(context.span_id, "016x")
 
 
-Behaviour = Callable[[Any, grpc.ServicerContext], Any]
-
-
 class TracingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     """A server span per call, child of the caller's ``traceparent`` if it sent one; its
     status is the call's final gRPC code. Ours rather than opentelemetry-instrumentation-grpc's,
@@ -239,24 +238,10 @@ class TracingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         method = details.method
         if handler is None or method.startswith(UNTRACED_PREFIXES):
             return handler
-        codec = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, handler.unary_unary), **codec
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                self._unary(method, handler.stream_unary), **codec
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._streamed(method, handler.unary_stream), **codec
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            self._streamed(method, cast(Behaviour, handler.stream_stream)), **codec
+        return rewrapped(
+            handler,
+            unary=lambda behaviour: self._unary(method, behaviour),
+            streamed=lambda behaviour: self._streamed(method, behaviour),
         )
 
     def _start(self, method: str, context: grpc.ServicerContext) -> AbstractContextManager[Span]:
@@ -282,14 +267,10 @@ class TracingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     def _end(span: Span, context: grpc.ServicerContext, ok: bool) -> None:
         from opentelemetry.trace import Status, StatusCode
 
-        # Set by abort or set_code; None when the servicer set none (as metrics.py reads it).
-        code = cast(Any, context).code()
-        if code is None:
-            code = grpc.StatusCode.OK if ok else grpc.StatusCode.UNKNOWN
-        if isinstance(code, grpc.StatusCode):
-            span.set_attribute("rpc.grpc.status_code", code.value[0])
-            if code is not grpc.StatusCode.OK:
-                span.set_status(Status(StatusCode.ERROR, code.name))
+        code = final_code(context, ok)
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code is not grpc.StatusCode.OK:
+            span.set_status(Status(StatusCode.ERROR, code.name))
 
     def _unary(self, method: str, behaviour: Behaviour) -> Behaviour:
         def run(request: Any, context: grpc.ServicerContext) -> Any:

@@ -18,6 +18,7 @@ import grpc
 
 from orchestrator.api._generated import payments_pb2
 from orchestrator.api.errors import refusal
+from orchestrator.api.handlers import Behaviour, rewrapped
 from orchestrator.api.identity import (
     EVENTS_STREAM,
     OPERATOR,
@@ -49,7 +50,6 @@ OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflect
                  "grpc.reflection.v1.ServerReflection")  # fmt: skip
 _BEARER = "bearer "
 
-Behaviour = Callable[[Any, grpc.ServicerContext], Any]
 _AuthContext = Mapping[str, Iterable[bytes]]  # each property's values (typeshed: one bytes)
 
 
@@ -158,19 +158,11 @@ def _wrap(
     slots: Slots,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """The same handler, its behaviour run after ``admit`` and as the caller it names."""
-    codec = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary, admit), **codec)
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(_unary(handler.stream_unary, admit), **codec)
-    behaviour = cast(Behaviour, handler.unary_stream or handler.stream_stream)
-    streamed = _streamed(behaviour, admit, slots if stream else None)
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(streamed, **codec)
-    return grpc.stream_stream_rpc_method_handler(streamed, **codec)
+    return rewrapped(
+        handler,
+        unary=lambda behaviour: _unary(behaviour, admit),
+        streamed=lambda behaviour: _streamed(behaviour, admit, slots if stream else None),
+    )
 
 
 def _unary(behaviour: Behaviour, admit: Callable[[grpc.ServicerContext], Caller]) -> Behaviour:
