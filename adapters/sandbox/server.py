@@ -702,8 +702,20 @@ class SandboxState:
         self._faults = FaultSettings()
         self._rng = random.Random()  # noqa: S311 - fault dice, not cryptography
         self._webhooks = _WebhookSender()
+        self._arrived = 0  # money requests whose body was read, before any latency fault
 
     # read access for tests and the HTTP layer
+
+    @property
+    def arrived(self) -> int:
+        """Money requests received so far, counted before their latency: a test that kills a
+        caller mid-request waits for this, so the provider has the request to act on."""
+        with self._lock:
+            return self._arrived
+
+    def note_arrival(self) -> None:
+        with self._lock:
+            self._arrived += 1
 
     @property
     def faults(self) -> FaultSettings:
@@ -1204,6 +1216,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle_money(route, path, raw)
 
     def _handle_money(self, route: _Route, path: str, raw: bytes) -> None:
+        self._state.note_arrival()
         latency_ms = self._state.faults.latency_ms
         if latency_ms:
             time.sleep(latency_ms / 1000)

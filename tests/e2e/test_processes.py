@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -91,6 +91,13 @@ def test_eight_processes_starting_at_once_on_an_empty_postgres_all_come_up(
     assert codes == [0] * 8
 
 
+def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.01)
+
+
 def _wait_for_intent(app: Payments, key: str, timeout: float = 10) -> None:
     pid = payment_id_for(command_id("default", key))
     deadline = time.monotonic() + timeout
@@ -108,8 +115,12 @@ def test_kill_9_between_intent_and_outcome_is_resolved_by_asking_never_by_reauth
     first.wait_listening()
     channel, stub = first.stub()
     with ThreadPoolExecutor(max_workers=1) as pool:
+        arrived = sandbox.state.arrived
         doomed = pool.submit(stub.CreatePayment, create_request("crash"))
         _wait_for_intent(observer, "crash")
+        # Killed while the provider holds the request (its 1.5 s latency): killed before it
+        # was sent, nothing would be there to charge (CI saw that on a loaded machine).
+        _wait_until(lambda: sandbox.state.arrived > arrived, "the request reached the sandbox")
         first.kill()
         with pytest.raises(grpc.RpcError):
             doomed.result()
