@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from orchestrator.api._generated import payments_pb2 as pb
+
+if TYPE_CHECKING:
+    from adapters.sandbox import SandboxServer
 
 
 def error_reason(error: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
@@ -44,3 +51,20 @@ def create_request(key: str, amount: int = 1000, **fields: object) -> pb.CreateP
     }
     values.update(fields)
     return pb.CreatePaymentRequest(**values)  # type: ignore[arg-type]
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, *, every: float = 0.02
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting: {what}"
+        time.sleep(every)
+
+
+def wait_at_the_sandbox(sandbox: SandboxServer, arrived_before: int, count: int = 1) -> None:
+    """Until ``count`` more money requests than ``arrived_before`` reached the sandbox. A
+    test that kills or stops a server mid-call waits for this, not for the payment's intent:
+    between the intent's commit and the request's sending, a loaded machine can take long
+    enough that the provider never gets the request."""
+    wait_until(lambda: sandbox.state.arrived >= arrived_before + count, 10, "the sandbox")

@@ -23,7 +23,7 @@ from orchestrator.application import Payments
 from orchestrator.bootstrap import build_payments, load_router
 from orchestrator.domain.command import command_id, payment_id_for
 from orchestrator.domain.payment import Payment, Status
-from tests.e2e.helpers import create_request, error_reason
+from tests.e2e.helpers import create_request, error_reason, wait_at_the_sandbox, wait_until
 from tests.e2e.processes import ServerProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -51,15 +51,6 @@ def authorizations(sandbox: SandboxServer) -> list[dict[str, object]]:
 
 def payment_of(app: Payments, key: str) -> Payment:
     return app.get_payment(payment_id_for(command_id("default", key)))
-
-
-def wait_until(
-    condition: Callable[[], bool], timeout: float, what: str, *, every: float = 0.02
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting: {what}"
-        time.sleep(every)
 
 
 def exits_within(server: ServerProcess, seconds: float) -> tuple[int, float]:
@@ -105,6 +96,7 @@ def test_sigterm_under_load_lets_calls_in_flight_record_their_outcome_and_refuse
         channel, stub = server.stub()
         health = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
         observer = store()
+        arrived = sandbox.state.arrived
         with ThreadPoolExecutor(max_workers=IN_FLIGHT) as pool:
             calls: list[Future[pb.Payment]] = [
                 pool.submit(stub.CreatePayment, create_request(f"drain-{i}"), timeout=60)
@@ -112,6 +104,7 @@ def test_sigterm_under_load_lets_calls_in_flight_record_their_outcome_and_refuse
             ]
             for i in range(IN_FLIGHT):  # every intent is written: the calls are at the provider
                 wait_until(lambda i=i: payment_of_exists(observer, f"drain-{i}"), 10, "intents")
+            wait_at_the_sandbox(sandbox, arrived, IN_FLIGHT)
             server.process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
 
@@ -165,9 +158,11 @@ def test_a_call_longer_than_the_grace_is_left_in_doubt_and_resolved_by_recovery_
         httpx.put(f"{sandbox.url}/_sandbox/faults", json={"latency_ms": LATENCY_MS})
         channel, stub = first.stub()
         observer = store()
+        arrived = sandbox.state.arrived
         with ThreadPoolExecutor(max_workers=1) as pool:
             call = pool.submit(stub.CreatePayment, create_request("doubt"), timeout=60)
             wait_until(lambda: payment_of_exists(observer, "doubt"), 10, "the intent")
+            wait_at_the_sandbox(sandbox, arrived)
             first.process.send_signal(signal.SIGTERM)
             code, took = exits_within(first, LATENCY_MS / 1000)
             with pytest.raises(grpc.RpcError):
@@ -223,9 +218,11 @@ def test_a_second_sigterm_stops_at_once_leaving_the_call_in_flight_in_doubt(
         httpx.put(f"{sandbox.url}/_sandbox/faults", json={"latency_ms": LATENCY_MS})
         channel, stub = server.stub()
         observer = store()
+        arrived = sandbox.state.arrived
         with ThreadPoolExecutor(max_workers=1) as pool:
             call = pool.submit(stub.CreatePayment, create_request("hurried"), timeout=60)
             wait_until(lambda: payment_of_exists(observer, "hurried"), 10, "the intent")
+            wait_at_the_sandbox(sandbox, arrived)
             server.process.send_signal(signal.SIGTERM)
             # The first is handled (two pending SIGTERMs would be delivered as one).
             wait_until(lambda: not_ready(http_port), 5, "/readyz to answer 503")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from orchestrator.api.server import create_server
 from orchestrator.application import Payments
 from orchestrator.bootstrap import build_payments, load_router
 from orchestrator.domain.command import command_id, payment_id_for
-from tests.e2e.helpers import create_request
+from tests.e2e.helpers import create_request, wait_at_the_sandbox
 from tests.e2e.processes import ServerProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -91,13 +91,6 @@ def test_eight_processes_starting_at_once_on_an_empty_postgres_all_come_up(
     assert codes == [0] * 8
 
 
-def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.01)
-
-
 def _wait_for_intent(app: Payments, key: str, timeout: float = 10) -> None:
     pid = payment_id_for(command_id("default", key))
     deadline = time.monotonic() + timeout
@@ -120,7 +113,7 @@ def test_kill_9_between_intent_and_outcome_is_resolved_by_asking_never_by_reauth
         _wait_for_intent(observer, "crash")
         # Killed while the provider holds the request (its 1.5 s latency): killed before it
         # was sent, nothing would be there to charge (CI saw that on a loaded machine).
-        _wait_until(lambda: sandbox.state.arrived > arrived, "the request reached the sandbox")
+        wait_at_the_sandbox(sandbox, arrived)
         first.kill()
         with pytest.raises(grpc.RpcError):
             doomed.result()
