@@ -27,10 +27,6 @@ class DrainGate:
         self._closed = False
 
     @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
     def in_flight(self) -> int:
         return self._in_flight
 
