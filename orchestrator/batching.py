@@ -227,7 +227,8 @@ class GroupCommitSQLiteRecorder(ChainedSQLiteRecorder):
 
 class GroupCommitPostgresRecorder(ChainedPostgresRecorder):
     """The chained PostgreSQL recorder, its saves grouped: a batch is one transaction of
-    the chained recorder's three statements (``insert_in_one_transaction``)."""
+    the chained recorder's (``insert_in_one_transaction``): one round trip when it knows
+    the chain's head."""
 
     def __init__(
         self,

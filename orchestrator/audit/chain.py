@@ -22,23 +22,33 @@ shorter chain: record the head ``audit verify`` prints and pass it back with ``-
 Ordering: on PostgreSQL the links are written under the table lock eventsourcing takes for
 every insert (a group commit's batch takes the same lock, see ``orchestrator.batching``), so
 commit order and chain order agree; SQLite has one writer at a time.
+
+Speed on PostgreSQL: a transaction that must read the head under the lock before Python can
+compute the links holds the lock across round trips to Python. A recorder that wrote the
+newest link knows the head (``KnownHead``): it computes the links first and sends the whole
+transaction in one round trip, with a guard the server checks under the lock (the head is
+still the one guessed, else the transaction fails and the head is read). The key never
+leaves payorch: the database checks a guess, it does not compute a link.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import StoredEvent, Tracking
+from eventsourcing.persistence import IntegrityError, StoredEvent, Tracking
 from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
 from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore, SQLiteProcessRecorder
-from psycopg import Cursor
+from psycopg import Cursor, errors
+from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
@@ -108,6 +118,59 @@ class ChainStatements:
     links: Any  # links after seq ? up to seq ?, with their events (or NULLs: gone)
     unchained: Any  # events after position ? that no link names
     by_aggregate: Any  # events after (originator_id, originator_version) ?
+
+
+class KnownHead:
+    """The chain's head as this recorder's last transaction left it, while it may still be
+    the head: then the next transaction can send its links, computed from it, without first
+    reading the head under the lock. Thread-safe.
+
+    A transaction guesses only when no other transaction of this recorder is in flight
+    (one that would move the head first), and the head is handed out once. When another
+    writer (another replica) moved the head meanwhile, the guess costs a rolled-back
+    transaction; after each such miss the next ``skip`` transactions read the head instead,
+    ``skip`` doubling up to MAX_SKIP while misses continue and starting again at 1 after a
+    guess that commits: replicas that all write all the time make guessing rare."""
+
+    MAX_SKIP = 64
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._head: tuple[int, bytes] | None = None
+        self._writing = 0  # transactions in flight, between take and done
+        self._skipping = 0  # transactions left that do not guess
+        self._skip = 1  # what the next miss sets _skipping to
+        self.guesses = 0  # transactions that went in one round trip, or tried to
+        self.misses = 0  # of those, that found the head moved
+
+    def take(self) -> tuple[int, bytes] | None:
+        """At a transaction's start: the head to guess, or None (read it). Pair with done."""
+        with self._lock:
+            self._writing += 1
+            head, self._head = self._head, None
+            if self._skipping:
+                self._skipping -= 1
+                return None
+            if head is None or self._writing > 1:
+                return None
+            self.guesses += 1
+            return head
+
+    def missed(self) -> None:
+        with self._lock:
+            self.misses += 1
+            self._skipping = self._skip
+            self._skip = min(2 * self._skip, self.MAX_SKIP)
+
+    def hit(self) -> None:
+        with self._lock:
+            self._skip = 1
+
+    def done(self, head: tuple[int, bytes] | None) -> None:
+        """At a transaction's end: the head it committed, or None (it failed)."""
+        with self._lock:
+            self._writing -= 1
+            self._head = head
 
 
 class ChainedRecorder:
@@ -305,9 +368,9 @@ class ChainedPostgresRecorder(PostgresProcessRecorder, ChainedRecorder):
             "INSERT INTO {chain} SELECT * FROM unnest("
             "%s::bigint[], %s::{id_type}[], %s::bigint[], %s::bytea[], %s::bytea[])"
         ).format(**names)
-        # A save is three statements: lock the table, announce (NOTIFY) and read the
-        # chain's head, in one round trip; insert the links and the events in one statement;
-        # commit. Few statements, because each costs Python work (psycopg's) under the lock.
+        # A save that reads the head is three round trips: lock the table, announce (NOTIFY)
+        # and read the chain's head; insert the links and the events in one statement;
+        # commit. One that knows the head is one (``_write_in_one_round_trip``).
         notify = SQL("NOTIFY {}").format(Identifier(self.channel_name))
         self.lock_and_read_head = SQL("; ").join(
             [*self.lock_table_statements, notify, self.chain_sql.head]
@@ -316,6 +379,19 @@ class ChainedPostgresRecorder(PostgresProcessRecorder, ChainedRecorder):
         self.insert_links_and_events = SQL("WITH links AS ({}) {}").format(
             self.insert_links_statement, self.insert_events_statement
         )
+        self.notify_statement = notify
+        # Two guards for the one-round-trip transaction, each failing its statement (and the
+        # transaction with it) when it does not hold, each with its own error:
+        # - the head is still (seq, hash), an empty chain's being (0, GENESIS): else ln(0);
+        self.head_is = SQL(
+            "SELECT ln(coalesce((SELECT seq = %(seq)s AND hash = %(hash)s FROM {chain} "
+            "ORDER BY seq DESC LIMIT 1), %(seq)s = 0)::int)"
+        ).format(**names)
+        # - a tracking row moves (its position was not already past this one): else 1 / 0.
+        self.tracking_moves = SQL("WITH moved AS ({}) SELECT 1 / count(*)::int FROM moved").format(
+            self.insert_tracking_statement
+        )
+        self.known_head = KnownHead()
         self.sql_create_statements.append(
             SQL(
                 "CREATE TABLE IF NOT EXISTS {chain} ("
@@ -353,34 +429,130 @@ class ChainedPostgresRecorder(PostgresProcessRecorder, ChainedRecorder):
     def insert_in_one_transaction(
         self, events: Sequence[StoredEvent], trackings: Sequence[Tracking]
     ) -> list[int] | None:
-        """Events (with their links) and trackings in one transaction: the events' ids."""
-        ids: list[int] | None = None
+        """Events (with their links) and trackings in one transaction: the events' ids.
+
+        When this recorder's last transaction left the chain's head known (``KnownHead``),
+        the transaction is one round trip (``_write_in_one_round_trip``). Otherwise, or when
+        another writer has moved the head since, it reads the head under the lock first."""
+        if not events or not self.datastore.single_row_tracking:
+            return self._read_head_and_write(events, trackings)[0]
+        written: tuple[list[int] | None, tuple[int, bytes] | None] | None = None
+        head = self.known_head.take()
+        try:
+            if head is not None:
+                try:
+                    written = self._write_in_one_round_trip(events, trackings, head)
+                    self.known_head.hit()
+                except _HeadMoved:
+                    self.known_head.missed()
+            if written is None:
+                written = self._read_head_and_write(events, trackings)
+            return written[0]
+        finally:
+            self.known_head.done(written[1] if written else None)
+
+    def _read_head_and_write(
+        self, events: Sequence[StoredEvent], trackings: Sequence[Tracking]
+    ) -> tuple[list[int] | None, tuple[int, bytes] | None]:
+        """The transaction that reads the head under the lock: the events' ids and the head
+        it leaves (None, both, without events)."""
+        written: tuple[list[int] | None, tuple[int, bytes] | None] = (None, None)
         with (
             self.datastore.get_connection() as conn,
             conn.transaction(),
             conn.cursor() as curs,
         ):
             if events:
-                ids = self._write_events(curs, events)
+                written = self._write_events(curs, events)
             for tracking in trackings:
                 self._insert_tracking(curs, tracking)
-        return ids
+        return written
 
-    def _write_events(self, curs: Cursor[DictRow], events: Sequence[StoredEvent]) -> list[int]:
-        """The events and their links, in the caller's transaction; their ids, in order."""
+    def _write_events(
+        self, curs: Cursor[DictRow], events: Sequence[StoredEvent]
+    ) -> tuple[list[int], tuple[int, bytes]]:
+        """The events and their links, in the caller's transaction: their ids, in order, and
+        the chain's head once this commits."""
         # Under the table lock, which every writer of the events (ours and eventsourcing's)
         # takes: the head read here stays the head until this transaction ends.
         curs.execute(self.lock_and_read_head)
         while curs.nextset():  # to the last statement's result: the head
             pass
         links = self._next_links(curs.fetchone(), events)
+        curs.execute(self.insert_links_and_events, self._links_and_events(links, events))
+        return [row["notification_id"] for row in curs.fetchall()], _head_of(links)
+
+    def _links_and_events(
+        self, links: list[tuple[Any, ...]], events: Sequence[StoredEvent]
+    ) -> list[Any]:
+        """The parameters of ``insert_links_and_events``: a column of each, in order."""
         stored = [
             self.construct_pg_stored_event(e.originator_id, e.originator_version, e.topic, e.state)
             for e in events
         ]
-        columns = [list(column) for column in zip(*links, strict=True)]
-        curs.execute(self.insert_links_and_events, [*columns, stored])
-        return [row["notification_id"] for row in curs.fetchall()]
+        return [*[list(column) for column in zip(*links, strict=True)], stored]
+
+    def _write_in_one_round_trip(
+        self,
+        events: Sequence[StoredEvent],
+        trackings: Sequence[Tracking],
+        head: tuple[int, bytes],
+    ) -> tuple[list[int], tuple[int, bytes]]:
+        """The whole transaction in one psycopg pipeline, sent at once: begin, lock, notify,
+        check the head is still ``head``, insert the links and events, move the trackings,
+        commit. The links are computed from ``head`` before anything is sent, so the table
+        lock is held only while the server runs the statements, never across a round trip
+        to Python (where a thread may wait milliseconds for the GIL).
+
+        Returns the events' ids and the head it leaves. Raises _HeadMoved (all rolled back)
+        when the head is not ``head``; otherwise as the reading path would: a duplicate's
+        IntegrityError, a tracking's that cannot move."""
+        links = self._next_links({"seq": head[0], "hash": head[1]}, events)
+        params = self._links_and_events(links, events)
+        with self.datastore.get_connection() as conn, conn.cursor() as inserted:
+            failed: errors.Error | None = None
+            with conn.pipeline() as pipeline, conn.cursor() as curs:
+                try:  # an error may come back while statements are still being queued
+                    curs.execute("BEGIN")
+                    self._queue_writes(curs, inserted, head, params, trackings)
+                    curs.execute("COMMIT")
+                    pipeline.sync()
+                except errors.Error as e:  # raised below, once the pipeline has ended
+                    failed = e
+                    with contextlib.suppress(errors.Error):
+                        pipeline.sync()  # collects what is left, or the pipeline cannot end
+            if failed is not None:
+                if conn.info.transaction_status != TransactionStatus.IDLE:
+                    conn.execute("ROLLBACK")
+                if isinstance(failed, errors.InvalidArgumentForLogarithm):  # head_is
+                    raise _HeadMoved from failed
+                if isinstance(failed, errors.DivisionByZero):  # tracking_moves
+                    raise IntegrityError("a tracking position could not move") from failed
+                raise failed
+            ids = [row["notification_id"] for row in inserted.fetchall()]
+        return ids, _head_of(links)
+
+    def _queue_writes(
+        self,
+        curs: Cursor[DictRow],
+        inserted: Cursor[DictRow],
+        head: tuple[int, bytes],
+        params: list[Any],
+        trackings: Sequence[Tracking],
+    ) -> None:
+        """Queues the one-round-trip transaction's statements, between its BEGIN and COMMIT;
+        the events' insert on ``inserted``, whose rows are their ids."""
+        for statement in self.lock_table_statements:
+            curs.execute(statement, prepare=True)
+        curs.execute(self.notify_statement)
+        curs.execute(self.head_is, {"seq": head[0], "hash": head[1]}, prepare=True)
+        inserted.execute(self.insert_links_and_events, params, prepare=True)
+        for tracking in trackings:
+            self._queue_tracking(curs, tracking)
+
+    def _queue_tracking(self, curs: Cursor[DictRow], tracking: Tracking) -> None:
+        """The one-round-trip path's ``_insert_tracking``."""
+        curs.execute(self.tracking_moves, _tracking_params(tracking), prepare=True)
 
     def _insert_links(self, cursor: Any, links: list[tuple[Any, ...]]) -> None:
         if len(links) == 1:
@@ -395,6 +567,22 @@ class ChainedPostgresRecorder(PostgresProcessRecorder, ChainedRecorder):
 
     def _stored_id(self, originator_id: UUID) -> UUID:
         return originator_id
+
+
+class _HeadMoved(Exception):
+    """The one-round-trip transaction found the head moved, and was rolled back."""
+
+
+def _head_of(links: list[tuple[Any, ...]]) -> tuple[int, bytes]:
+    """The chain's head after ``links``: the last one's seq and hash."""
+    return links[-1][0], links[-1][4]
+
+
+def _tracking_params(tracking: Tracking) -> dict[str, Any]:
+    return {
+        "application_name": tracking.application_name,
+        "notification_id": tracking.notification_id,
+    }
 
 
 def _stored(row: Any, originator_id: UUID) -> StoredEvent:

@@ -3,6 +3,11 @@
 (after a few that committed) has written all its rows: it prints ``mid-batch <ids>`` and holds
 that transaction open, uncommitted, for the test to kill it (kill -9).
 
+On PostgreSQL a batch is mostly one round trip (``_write_in_one_round_trip``): there the
+transaction is held by the server, in a ``SELECT pg_sleep(60)`` queued after the batch's rows
+and before its COMMIT, and ``mid-batch`` is printed as it is sent; the test waits to see that
+statement running before it kills.
+
   python -m tests.e2e.group_commit_child <database url>
 """
 
@@ -38,14 +43,20 @@ def say(line: str) -> None:
 class _Hold:
     batches = 0
 
+    def due(self, originator_ids: Sequence[Any]) -> bool:
+        """Whether to hold this transaction, of events of these payments: then says so."""
+        ids = sorted({str(i) for i in originator_ids})
+        if len(ids) < 2:
+            return False
+        self.batches += 1
+        if self.batches <= COMMITTED_FIRST:
+            return False
+        say("mid-batch " + " ".join(ids))
+        return True
+
     def hold_if_due(self, stored_events: Sequence[StoredEvent]) -> None:
         """Called inside a batch's transaction, once all its rows are written."""
-        ids = sorted({str(e.originator_id) for e in stored_events})
-        if len(ids) < 2:
-            return
-        self.batches += 1
-        if self.batches > COMMITTED_FIRST:
-            say("mid-batch " + " ".join(ids))
+        if self.due([e.originator_id for e in stored_events]):
             time.sleep(60)  # the test kills the process meanwhile
 
 
@@ -59,10 +70,18 @@ class HoldingSQLiteRecorder(GroupCommitSQLiteRecorder, _Hold):
 
 
 class HoldingPostgresRecorder(GroupCommitPostgresRecorder, _Hold):
-    def _write_events(self, curs: Cursor[DictRow], events: Sequence[StoredEvent]) -> list[int]:
-        ids = super()._write_events(curs, events)
+    def _write_events(self, curs: Cursor[DictRow], events: Sequence[StoredEvent]) -> Any:
+        written = super()._write_events(curs, events)
         self.hold_if_due(events)
-        return ids
+        return written
+
+    def _queue_writes(self, curs: Cursor[DictRow], inserted: Any, *args: Any) -> None:
+        super()._queue_writes(curs, inserted, *args)
+        _, params, _ = args
+        if self.due(params[1]):  # the links' originator ids
+            # Without it the server would sleep on after the kill, holding the table lock.
+            curs.execute("SET LOCAL client_connection_check_interval = '100ms'")
+            curs.execute("SELECT pg_sleep(60)")
 
 
 def main(database_url: str) -> None:

@@ -9,9 +9,11 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from uuid import UUID
 
+import psycopg
 import pytest
 
 from orchestrator.application import Payments
@@ -49,6 +51,8 @@ def run_until_mid_batch(database_url: str) -> tuple[list[UUID], list[UUID]]:
     try:
         if not held.wait(60):
             raise AssertionError("the child never held a batch open")
+        if database_url.startswith("postgresql"):
+            wait_for_the_held_statement(database_url)
     finally:
         os.kill(child.pid, signal.SIGKILL)
         child.wait(10)
@@ -60,6 +64,22 @@ def run_until_mid_batch(database_url: str) -> tuple[list[UUID], list[UUID]]:
     acked = [UUID(words[1]) for words in lines if words[0] == "acked"]
     (batch,) = [words[1:] for words in lines if words[0] == "mid-batch"]
     return acked, [UUID(i) for i in batch]
+
+
+def wait_for_the_held_statement(database_url: str) -> None:
+    """A batch sent in one round trip is held by the server: wait until it runs the
+    ``pg_sleep`` queued after the batch's rows, so that they are written when the kill
+    comes (statements run in the order sent)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for _ in range(200):
+            running = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                "AND query = 'SELECT pg_sleep(60)' AND datname = current_database()"
+            ).fetchone()
+            if running and running[0]:
+                return
+            time.sleep(0.05)
+    raise AssertionError("the held batch never reached its pg_sleep")
 
 
 def stored_versions(app: Payments) -> dict[UUID, list[int]]:

@@ -283,14 +283,22 @@ def crash_when_tracking_past(app: Payments, position: int) -> None:
     """The replica dies inside the transaction that would move the consumer's position past
     ``position``: after its events are written, before it commits."""
     recorder: Any = app.recorder
-    insert_tracking = recorder._insert_tracking
+    # The tracking's statement: run (SQLite, PostgreSQL reading the chain's head first) or
+    # queued to be sent with the rest of the transaction (PostgreSQL's one round trip).
+    for name in ("_insert_tracking", "_queue_tracking"):
+        if hasattr(recorder, name):
+            setattr(recorder, name, _crashing(getattr(recorder, name), position))
 
+
+def _crashing(
+    write: Callable[[Any, Tracking], None], position: int
+) -> Callable[[Any, Tracking], None]:
     def crashing(cursor: Any, tracking: Tracking) -> None:
         if tracking.notification_id > position:
             raise SystemExit("killed before the transaction committed")
-        insert_tracking(cursor, tracking)
+        write(cursor, tracking)
 
-    recorder._insert_tracking = crashing
+    return crashing
 
 
 def test_a_consumer_that_crashes_mid_page_applies_none_of_the_page(
