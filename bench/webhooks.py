@@ -93,6 +93,7 @@ POLL = 0.02  # seconds between reads of the consumer's tracking position
 
 _HTTP_LISTENING = re.compile(r"payorch HTTP listening on ([\d.]+:\d+) \(webhooks: ([^)]*)\)")
 _EMPTY_LISTENING = re.compile(r"empty HTTP server listening on ([\d.]+:\d+)")
+_WORKER_PROCESS = re.compile(r"worker process started \(pid (\d+)\)")
 _LOG_TIME = r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})"
 _APPLIED = re.compile(
     _LOG_TIME + r" INFO payorch\.webhooks webhook sandbox (evt_\S+) \(([^)]*)\): (.*)$", re.M
@@ -426,6 +427,7 @@ class Options:
     payments: int
     backlog: int
     drain_timeout: float
+    workers: str = "here"  # payorch serve --workers: here, or process (PostgreSQL only)
 
 
 @dataclass(frozen=True)
@@ -541,6 +543,7 @@ def start_payorch(
         "--http-listen=127.0.0.1:0",  # the port payorch binds is in its log: no race
         f"--database-url={database_url}",
         f"--sandbox-url={sandbox_url}",
+        f"--workers={opts.workers}",
     ]
     startup = opts.load.startup_timeout
     server = stack.enter_context(child("payorch serve", argv, work / "payorch.log"))
@@ -825,6 +828,8 @@ def run_backend(opts: Options, backend: str, tmp: Path) -> tuple[dict[str, Any],
         inputs.payments_file.write_text(json.dumps(sandbox_payments(sandbox_url, payment_ids)))
         ledger_before = ledger_counts(sandbox_url)
         watch = {"server": server.pid, "sandbox": sandbox.pid}
+        if opts.workers == "process":  # payorch's too: its CPU counts as the server's
+            watch["workers"] = int(server.wait_for(_WORKER_PROCESS, lo.startup_timeout)[1])
         watch_comm = {"postgres": "postgres"} if backend == "postgres" else {}
 
         # 1. acknowledgements under load, the consumer running as it does in production
@@ -894,7 +899,7 @@ def summarize(run: dict[str, Any], backends: list[str]) -> dict[str, Any]:
                 )
             },
             "drain_cpu_cores": drain_cores,
-            "server_cpu_ms_per_applied": drain_cores.get("server", math.nan)
+            "server_cpu_ms_per_applied": payorch_cores(drain_cores)
             * bl["drain_s"]
             / max(1, applied)
             * 1000,
@@ -941,8 +946,13 @@ def _load_summary(r: dict[str, Any]) -> dict[str, Any]:
         "duplicates_answered": r["duplicates_answered"],
         "unparsed_answers": r["unparsed_answers"],
         "cpu_cores": cores,
-        "server_cpu_ms": cores.get("server", math.nan) / r["throughput"] * 1000,
+        "server_cpu_ms": payorch_cores(cores) / r["throughput"] * 1000,
     }
+
+
+def payorch_cores(cores: dict[str, float]) -> float:
+    """payorch serve's cores, with its worker process's (``--workers process``)."""
+    return cores.get("server", math.nan) + cores.get("workers", 0.0)
 
 
 def checks(summary: dict[str, Any], backends: list[str], opts: Options) -> list[str]:
@@ -1131,7 +1141,8 @@ def table(summary: dict[str, Any], backends: list[str], opts: Options) -> list[t
 
 def cpu_lines(summary: dict[str, Any], backends: list[str]) -> list[str]:
     def fmt(cores: dict[str, float]) -> str:
-        order = ["server", "sandbox", "postgres", "loadgen", "bench", "other", "steal", "machine"]
+        order = ["server", "workers", "sandbox", "postgres", "loadgen", "bench", "other",
+                 "steal", "machine"]  # fmt: skip
         # "other" is a difference of samples: show a rounding -0.01 as 0
         return ", ".join(f"{k} {max(0.0, cores[k]):.2f}" for k in order if k in cores)
 
@@ -1180,6 +1191,10 @@ def parse_options(argv: list[str] | None) -> Options:
     parser.add_argument(
         "--drain-timeout", type=float, default=300.0, help="limit for posting and applying"
     )
+    parser.add_argument(
+        "--workers", choices=("here", "process"), default="here",
+        help="payorch serve --workers: process runs the consumer in a child (PostgreSQL only)",
+    )  # fmt: skip
     add_machine_arguments(parser, postgres_default=POSTGRES_URL)
     args = parser.parse_args(argv)
 
@@ -1193,6 +1208,8 @@ def parse_options(argv: list[str] | None) -> Options:
         parser.error("--duration > 0, --warmup >= 0, --concurrency >= 1")
     if args.payments < 1 or backlog < 1 or args.drain_timeout <= 0:
         parser.error("--payments >= 1, --backlog >= 1, --drain-timeout > 0")
+    if args.workers == "process" and "sqlite" in backends:
+        parser.error("--workers process needs --backends postgres (SQLite serves one process)")
     return Options(
         load=LoadOptions(
             backends=backends,
@@ -1213,6 +1230,7 @@ def parse_options(argv: list[str] | None) -> Options:
         client=args.client,
         payments=args.payments,
         backlog=backlog,
+        workers=args.workers,
         drain_timeout=args.drain_timeout,
     )
 

@@ -19,6 +19,7 @@ from orchestrator.accounts import DEFAULT_ACCOUNT
 from orchestrator.api.server import DEFAULT_WORKERS
 from orchestrator.api.trust import AuthSettings, TlsSettings, read_trust
 from orchestrator.application import DEFAULT_RECOVERY_SCHEDULE, Payments
+from orchestrator.background import MODES as WORKER_MODES
 from orchestrator.encryption import KeyedAESCipher
 from orchestrator.listing import DEFAULT_INTERVAL as DEFAULT_LISTING_INTERVAL
 from orchestrator.metrics import Metrics
@@ -61,6 +62,7 @@ class Settings:
     webhook_max_body: int = 1024 * 1024
     insecure: bool = False  # listen off loopback without TLS and caller auth (--insecure)
     drain_grace: float = DEFAULT_DRAIN_GRACE  # seconds, on SIGTERM (--drain-grace)
+    workers: str = "here"  # where the background workers run (--workers, orchestrator.background)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -75,6 +77,7 @@ class Settings:
             "http_listen": os.environ.get("PAYORCH_HTTP_LISTEN"),
             "webhook_max_body": os.environ.get("PAYORCH_WEBHOOK_MAX_BODY"),
             "drain_grace": os.environ.get("PAYORCH_DRAIN_GRACE"),
+            "workers": os.environ.get("PAYORCH_WORKERS"),
         }
         values: dict[str, Any] = {k: v for k, v in env.items() if v}
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -83,6 +86,10 @@ class Settings:
                 values[number] = int(values[number])
         if "drain_grace" in values:
             values["drain_grace"] = _seconds("PAYORCH_DRAIN_GRACE", values["drain_grace"])
+        if values.get("workers", "here") not in WORKER_MODES:
+            raise ValueError(
+                f"PAYORCH_WORKERS: choose from {', '.join(WORKER_MODES)}, not {values['workers']!r}"
+            )
         return cls(**values)
 
 

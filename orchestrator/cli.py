@@ -1,8 +1,10 @@
-"""``payorch serve``, ``payorch sandbox``, ``payorch audit`` and ``payorch admin``."""
+"""``payorch serve``, ``payorch work``, ``payorch sandbox``, ``payorch audit`` and
+``payorch admin``."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import getpass
 import logging
 import os
@@ -10,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
@@ -28,6 +31,8 @@ from orchestrator.audit.reconcile import our_movements, reconcile, render
 from orchestrator.audit.show import timeline
 from orchestrator.audit.statements import STATEMENT_READERS, StatementError
 from orchestrator.audit.verify import parse_head, verify
+from orchestrator.background import MODES as WORKER_MODES
+from orchestrator.background import Stoppable, WorkerProcess, watch_parent, work_command
 from orchestrator.bootstrap import (
     Configuration,
     Settings,
@@ -56,7 +61,6 @@ from orchestrator.tracing import configure as configure_tracing
 from orchestrator.webhooks.http import HttpServer
 from orchestrator.webhooks.intake import WebhookIntake
 from orchestrator.webhooks.processor import WebhookProcessor
-from orchestrator.worker import BackgroundLoop
 
 log = logging.getLogger("payorch")
 
@@ -92,11 +96,19 @@ def main(argv: list[str] | None = None) -> int:
         "take to end and record their outcome",
     )
     serve.add_argument(
+        "--workers",
+        choices=WORKER_MODES,
+        help="env PAYORCH_WORKERS (here): where recovery, the webhook consumer and the listing "
+        "run: here (threads of this process), process (a payorch work child of it), none "
+        "(payorch work runs elsewhere on this store)",
+    )
+    serve.add_argument(
         "--insecure",
         action="store_true",
         help="listen off loopback even without TLS and caller authentication (logs a warning)",
     )
 
+    _add_work_command(commands)
     sandbox = commands.add_parser("sandbox", help="run the sandbox payment provider alone")
     sandbox.add_argument("--listen", default="127.0.0.1:8181")
     sandbox.add_argument(
@@ -133,21 +145,45 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "auth":
         return hash_token_from_stdin()
     if args.command == "sandbox":
-        secret = sandbox_webhook_secret_from_env() if args.webhook_url else None
-        if args.webhook_url and secret is None:
-            log.error("--webhook-url needs PAYORCH_SANDBOX_WEBHOOK_SECRET or _FILE")
-            return 2
-        run_sandbox(
-            args.listen,
-            webhook_url=args.webhook_url,
-            webhook_secret=secret.reveal() if secret is not None else None,
-        )
-        return 0
+        return _sandbox(args)
     try:
-        settings = _serve_settings(args)
+        settings = _work_settings(args) if args.command == "work" else _serve_settings(args)
     except ValueError as e:
         parser.error(str(e))
-    return serve_forever(settings)
+    if args.command == "work":
+        return work_forever(settings, http_listen=args.http_listen)
+    return serve_forever(settings, log_options=(args.log_level, args.log_format))
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    secret = sandbox_webhook_secret_from_env() if args.webhook_url else None
+    if args.webhook_url and secret is None:
+        log.error("--webhook-url needs PAYORCH_SANDBOX_WEBHOOK_SECRET or _FILE")
+        return 2
+    run_sandbox(
+        args.listen,
+        webhook_url=args.webhook_url,
+        webhook_secret=secret.reveal() if secret is not None else None,
+    )
+    return 0
+
+
+def _add_work_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    work = commands.add_parser(
+        "work", help="run the background workers alone (beside payorch serve --workers none)"
+    )
+    work.add_argument("--database-url", help="env PAYORCH_DATABASE_URL (sqlite:///payorch.db)")
+    work.add_argument("--config", help="env PAYORCH_CONFIG: providers and routes (TOML)")
+    work.add_argument("--sandbox-url", help="env PAYORCH_SANDBOX_URL: the sandbox provider")
+    work.add_argument(
+        "--http-listen", help="serve /healthz, /readyz and /metrics there (default: not at all)"
+    )
+    work.add_argument(
+        "--drain-grace",
+        type=float,
+        help="env PAYORCH_DRAIN_GRACE (20 seconds): on SIGTERM, "
+        "how long the item each worker is on may take to end",
+    )
 
 
 def _serve_settings(args: argparse.Namespace) -> Settings:
@@ -164,7 +200,22 @@ def _serve_settings(args: argparse.Namespace) -> Settings:
         webhook_max_body=args.webhook_max_body,
         insecure=args.insecure or None,
         drain_grace=args.drain_grace,
+        workers=args.workers,
     )
+
+
+def _work_settings(args: argparse.Namespace) -> Settings:
+    if args.drain_grace is not None and not 0 <= args.drain_grace < float("inf"):
+        raise ValueError("--drain-grace must be a number of seconds >= 0")
+    settings = Settings.from_env(
+        database_url=args.database_url,
+        config=args.config,
+        sandbox_url=args.sandbox_url,
+        drain_grace=args.drain_grace,
+    )
+    if settings.config is None and settings.sandbox_url is None:
+        raise ValueError("payorch work needs the providers: --config or --sandbox-url")
+    return settings
 
 
 def _add_operator_commands(
@@ -453,7 +504,8 @@ def _on_signals(grace: float) -> tuple[threading.Event, threading.Event]:
     return stop, now
 
 
-def serve_forever(settings: Settings) -> int:
+def serve_forever(settings: Settings, *, log_options: tuple[str, str] = ("INFO", "text")) -> int:
+    """``log_options``: the log level and format, for a worker process (``--workers``)."""
     try:
         # Before any provider client is made: its calls are traced from the first one.
         tracing = configure_tracing()
@@ -461,13 +513,17 @@ def serve_forever(settings: Settings) -> int:
         log.error("cannot start: %s", e)
         return 2
     try:
-        return _serve(settings, tracing)
+        return _serve(settings, tracing, log_options)
     finally:
         if tracing is not None:
             tracing.shutdown()  # exports the spans still queued
 
 
-def _serve(settings: Settings, tracing: Tracing | None) -> int:
+def _serve(settings: Settings, tracing: Tracing | None, log_options: tuple[str, str]) -> int:
+    if settings.workers != "here" and not _shared_store(settings.database_url):
+        log.error("cannot start: --workers %s needs PostgreSQL (SQLite serves one process)",
+                  settings.workers)  # fmt: skip
+        return 2
     stop, now = _on_signals(settings.drain_grace)
     _warn_of_missing_keys()
     sandbox = None
@@ -525,9 +581,11 @@ def _serve(settings: Settings, tracing: Tracing | None) -> int:
         sandbox.configure_webhooks(
             f"http://{http_host}:{http.port}/webhooks/sandbox", webhook_secret.reveal()
         )
-    recovery, webhooks, listing = _start_workers(app, config, metrics)
+    workers = _start_workers(
+        app, config=config, metrics=metrics, settings=settings, sandbox_url=sandbox_url,
+        log_options=log_options,
+    )  # fmt: skip
     stop.wait()
-    workers = (webhooks, recovery, listing)
     left = drain(app, server, http=http, workers=workers, grace=settings.drain_grace, now=now)
     if left:
         # Their threads cannot be stopped, and the interpreter would wait for them at exit:
@@ -555,7 +613,7 @@ def drain(
     server: PaymentServer,
     *,
     http: HttpServer,
-    workers: tuple[BackgroundLoop, ...],
+    workers: Sequence[Stoppable],
     grace: float,
     now: threading.Event,
 ) -> int:
@@ -590,16 +648,116 @@ def drain(
 
 
 def _start_workers(
-    app: Payments, config: Configuration, metrics: Metrics | None
-) -> tuple[RecoveryWorker, WebhookProcessor, ListingProjector]:
+    app: Payments,
+    *,
+    config: Configuration,
+    metrics: Metrics | None,
+    settings: Settings,
+    sandbox_url: str | None,
+    log_options: tuple[str, str],
+) -> Sequence[Stoppable]:
+    """The background workers, where ``settings.workers`` says (``orchestrator.background``):
+    what a drain stops."""
     recovery = RecoveryWorker(app, interval=config.recovery.interval)
     webhooks = WebhookProcessor(app)
     listing = ListingProjector(app, interval=config.listing_interval)
-    if metrics is not None:
-        _measure(metrics, app, config.router, recovery=recovery, webhooks=webhooks, listing=listing)
-    for worker in (recovery, webhooks, listing):
-        worker.start()
-    return recovery, webhooks, listing
+    here = settings.workers == "here"
+    if metrics is not None:  # the gauges read the store: right wherever the workers run
+        _measure(
+            metrics, app, config.router, recovery=recovery, webhooks=webhooks, listing=listing,
+            here=here,
+        )  # fmt: skip
+    if here:
+        for worker in (recovery, webhooks, listing):
+            worker.start()
+        return (webhooks, recovery, listing)
+    if settings.workers == "process":
+        env = {
+            "PAYORCH_DATABASE_URL": settings.database_url,
+            "PAYORCH_CONFIG": settings.config or "",
+            "PAYORCH_SANDBOX_URL": sandbox_url or "",
+            "PAYORCH_DRAIN_GRACE": str(settings.drain_grace),
+        }
+        level, fmt = log_options
+        return (WorkerProcess(work_command(log_level=level, log_format=fmt), env).start(),)
+    log.info("workers: none in this process (payorch work runs them on this store)")
+    return ()
+
+
+def work_forever(settings: Settings, *, http_listen: str | None) -> int:
+    """``payorch work``: the background workers on the store, until SIGTERM or SIGINT; then
+    each finishes the item it is on, within the drain grace."""
+    try:
+        tracing = configure_tracing()
+    except TracingSettingsError as e:
+        log.error("cannot start: %s", e)
+        return 2
+    if not _shared_store(settings.database_url):
+        log.error("cannot start: payorch work needs PostgreSQL (SQLite serves one process)")
+        return 2
+    stop, now = _on_signals(settings.drain_grace)
+    watch_parent(stop)
+    metrics = Metrics() if metrics_enabled() and http_listen else None
+    try:
+        config = load_configuration(
+            settings.config, settings.sandbox_url,
+            sandbox_webhook_secret=sandbox_webhook_secret_from_env(), metrics=metrics,
+        )  # fmt: skip
+        app = build_payments(
+            settings.database_url, config.router, recovery_schedule=config.recovery.schedule,
+            default_account=config.auth.default_account if config.auth else DEFAULT_ACCOUNT,
+        )  # fmt: skip
+        http = None
+        if http_listen:
+            ready = functools.partial(_store_answers, app)
+            http = HttpServer(http_listen, WebhookIntake(app, {}), ready=ready, metrics=metrics)
+    except Exception as e:  # start-up failures end the process with a message, not a trace
+        log.error("cannot start: %s: %s", type(e).__name__, e)
+        return 2
+    try:
+        workers = _start_workers(
+            app, config=config, metrics=metrics, settings=Settings(workers="here"),
+            sandbox_url=None, log_options=("", ""),
+        )  # fmt: skip
+        if http is not None and http_listen:
+            http.start()
+            host = http_listen.rsplit(":", 1)[0]
+            log.info("payorch work HTTP listening on %s:%d", host, http.port)
+        log.info(
+            "payorch work: recovery, webhook consumer and listing running (pid %d)", os.getpid()
+        )
+        stop.wait()
+        deadline = time.monotonic() + settings.drain_grace
+        for worker in workers:
+            worker.request_stop()
+        for worker in workers:
+            worker.stop(timeout=0.1 if now.is_set() else max(deadline - time.monotonic(), 0.1))
+        if http is not None:
+            http.stop()
+        app.close()
+    finally:
+        if tracing is not None:
+            tracing.shutdown()
+    log.info("stopped")
+    return 0
+
+
+def _shared_store(database_url: str) -> bool:
+    """Whether several processes may write the store: PostgreSQL, not SQLite (whose writers
+    in two processes fail each other's transactions rather than wait)."""
+    try:
+        return parse_database_url(database_url).kind == "postgres"
+    except ValueError:
+        return True  # the store's own start-up says what is wrong with it
+
+
+def _listing_lag(app: Payments) -> int:
+    return max((app.recorder.max_notification_id() or 0) - app.listing.position(), 0)
+
+
+def _store_answers(app: Payments) -> bool:
+    app.recorder.max_notification_id()
+    return True
 
 
 def _measure(
@@ -610,8 +768,10 @@ def _measure(
     recovery: RecoveryWorker,
     webhooks: WebhookProcessor,
     listing: ListingProjector,
+    here: bool,
 ) -> None:
-    """The hooks of the workers and the store, and the gauges read when scraped."""
+    """The hooks of the workers and the store, and the gauges read when scraped. Workers
+    that run ``here`` say how far behind the listing is; elsewhere, the store does."""
     webhooks.on_result = metrics.webhook_processed
     group = getattr(app.recorder, "group", None)
     if group is not None:
@@ -636,7 +796,7 @@ def _measure(
             requiring_review=lambda: app.listing.count(Status.REQUIRES_REVIEW),
             unmatched=webhooks.index.count,
             webhook_lag=webhook_lag,
-            listing_lag=lambda: listing.behind,
+            listing_lag=(lambda: listing.behind) if here else functools.partial(_listing_lag, app),
         )
     )
 
