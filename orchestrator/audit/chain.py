@@ -52,6 +52,8 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
+from orchestrator.store import check_only_when_suspect
+
 KEY_VARIABLE = "PAYORCH_AUDIT_CHAIN_KEY"
 KEY_FILE_VARIABLE = "PAYORCH_AUDIT_CHAIN_KEY_FILE"
 GENESIS = bytes(32)  # the "previous hash" of the first link
@@ -330,6 +332,7 @@ class ChainedPostgresRecorder(PostgresProcessRecorder, ChainedRecorder):
         super().__init__(
             datastore, events_table_name=events_table_name, tracking_table_name=tracking_table_name
         )
+        check_only_when_suspect(datastore.pool)
         self.chain_key = chain_key()
         names = {
             "chain": SQL("{}.{}").format(
