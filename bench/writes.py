@@ -54,6 +54,9 @@ def app_for(url: str, variant: str) -> Payments:
     env = dict(store.env)
     if variant == "plain":
         env["PROCESS_RECORDER_TOPIC"] = PLAIN[store.kind]
+        # eventsourcing's default: no ping per checkout (payorch's recorders ping only a
+        # connection whose socket says it is broken, see orchestrator.store)
+        env.pop("POSTGRES_PRE_PING", None)
     with schema_lock(store):
         return Payments(env=env, router=Router({}, {}))
 

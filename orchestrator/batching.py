@@ -57,18 +57,24 @@ _WAITING, _COMMITTED, _ALONE, _LEAD = range(4)
 class Save:
     """One caller's insert_events, waiting for its transaction."""
 
-    __slots__ = ("events", "ids", "state", "tracking", "woken")
+    __slots__ = ("_gate", "events", "ids", "state", "tracking")
 
     def __init__(self, events: Sequence[StoredEvent], tracking: Tracking | None) -> None:
         self.events = events
         self.tracking = tracking
         self.ids: Ids = None
         self.state = _WAITING
-        self.woken = threading.Event()
+        # Held until woken: a bare lock is the cheapest wait there is (an Event is a
+        # Condition, Python code and three locks, on every save).
+        self._gate = threading.Lock()
+        self._gate.acquire()
 
     def wake(self, state: int, ids: Ids = None) -> None:
         self.ids, self.state = ids, state
-        self.woken.set()
+        self._gate.release()
+
+    def wait(self) -> None:
+        self._gate.acquire()
 
 
 @dataclass
@@ -114,7 +120,7 @@ class GroupCommit:
             lead = not self._leading
             self._leading = True
         if not lead:
-            save.woken.wait()
+            save.wait()
             if save.state == _COMMITTED:
                 return save.ids
             if save.state == _ALONE:
