@@ -15,16 +15,21 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from typing import Any, Concatenate, ParamSpec, TypeVar
 from uuid import UUID, uuid4
 
-from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.application import (
+    AggregateNotFoundError,
+    Application,
+    ProcessingEvent,
+    Repository,
+)
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import IntegrityError, ProcessRecorder
-from eventsourcing.utils import get_topic
+from eventsourcing.utils import get_topic, strtobool
 
 from orchestrator.accounts import DEFAULT_ACCOUNT, DEFAULT_INDEX_SIZE, AccountIndex
 from orchestrator.commands import (
@@ -121,6 +126,19 @@ def _gated(
     return gated
 
 
+def replay(aggregate: Any, events: Iterable[Any]) -> Any:
+    """An aggregate projected through ``events``: each one's ``mutate``. Every event of
+    ours is an eventsourcing aggregate event, which has it."""
+    for event in events:
+        aggregate = event.mutate(aggregate)
+    return aggregate
+
+
+class _Repository(Repository[UUID]):
+    def get(self, aggregate_id: UUID, *, projector_func: Any = replay, **options: Any) -> Any:
+        return super().get(aggregate_id, projector_func=projector_func, **options)
+
+
 class Payments(Application[UUID]):
     """Payments and the commands that change them."""
 
@@ -177,6 +195,22 @@ class Payments(Application[UUID]):
         self.results = ResultCache(result_cache_size)  # definite answers: replays read nothing
         self.listing = PaymentListing(self.recorder)  # kept by ListingProjector
         self.drain = DrainGate()  # closed on SIGTERM: see orchestrator/drain.py
+
+    def construct_repository(self) -> Repository[UUID]:
+        """eventsourcing's repository, with the same settings, replaying events with
+        ``replay``: eventsourcing's projector asserts ``isinstance(event, CanMutateProtocol)``
+        for every event, a runtime Protocol check that costs three times applying the event
+        (10 µs against 3.6) on every read of every payment."""
+        return _Repository(
+            event_store=self.events,
+            snapshot_store=self.snapshots,
+            cache_maxsize=int(self.env.get(self.AGGREGATE_CACHE_MAXSIZE) or 0) or None,
+            fastforward=strtobool(self.env.get(self.AGGREGATE_CACHE_FASTFORWARD, "y")),
+            fastforward_skipping=strtobool(
+                self.env.get(self.AGGREGATE_CACHE_FASTFORWARD_SKIPPING, "n")
+            ),
+            deepcopy_from_cache=strtobool(self.env.get(self.DEEPCOPY_FROM_AGGREGATE_CACHE, "y")),
+        )
 
     def construct_recorder(self) -> ProcessRecorder:
         # A process recorder: the application recorder plus a tracking table, so that what
