@@ -378,10 +378,20 @@ class ChainedPostgresRecorder(PostgresProcessRecorder, ChainedRecorder):
         self.lock_and_read_head = SQL("; ").join(
             [*self.lock_table_statements, notify, self.chain_sql.head]
         )
-        # insert_events_statement ends with RETURNING notification_id: in the events' order.
-        self.insert_links_and_events = SQL("WITH links AS ({}) {}").format(
-            self.insert_links_statement, self.insert_events_statement
-        )
+        # A save's links and events in one statement, from one column per field, sent in
+        # binary (%b): eventsourcing's composite stored_event[] is dumped as text, field by
+        # field in Python, its state bytes hex-escaped, under the lock. The events are
+        # inserted in their order, so RETURNING gives their notification ids in that order.
+        self.insert_links_and_events = SQL(
+            "WITH new AS (SELECT * FROM unnest(%b::bigint[], %b::{id_type}[], %b::bigint[], "
+            "%b::bytea[], %b::bytea[], %b::text[], %b::bytea[]) WITH ORDINALITY "
+            "AS n(seq, originator_id, originator_version, digest, hash, topic, state, i)), "
+            "links AS (INSERT INTO {chain} "
+            "SELECT seq, originator_id, originator_version, digest, hash FROM new) "
+            "INSERT INTO {events} (originator_id, originator_version, topic, state) "
+            "SELECT originator_id, originator_version, topic, state FROM new ORDER BY i "
+            "RETURNING notification_id"
+        ).format(**names)
         self.notify_statement = notify
         # Two guards for the one-round-trip transaction, each failing its statement (and the
         # transaction with it) when it does not hold, each with its own error:
@@ -489,11 +499,11 @@ class ChainedPostgresRecorder(PostgresProcessRecorder, ChainedRecorder):
         self, links: list[tuple[Any, ...]], events: Sequence[StoredEvent]
     ) -> list[Any]:
         """The parameters of ``insert_links_and_events``: a column of each, in order."""
-        stored = [
-            self.construct_pg_stored_event(e.originator_id, e.originator_version, e.topic, e.state)
-            for e in events
+        return [
+            *[list(column) for column in zip(*links, strict=True)],
+            [e.topic for e in events],
+            [e.state for e in events],
         ]
-        return [*[list(column) for column in zip(*links, strict=True)], stored]
 
     def _write_in_one_round_trip(
         self,
