@@ -27,7 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from orchestrator.api.handlers import Behaviour, final_code, rewrapped
+from orchestrator.api.handlers import Behaviour, WrappedByMethod, final_code, rewrapped
 from orchestrator.resilience.breaker import State
 from orchestrator.resilience.bulkhead import Bulkhead
 
@@ -201,6 +201,11 @@ class MetricsInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+        self._wrapped = WrappedByMethod(self._wrap)
+        # Each method's labelled children, looked up once (labels() takes a lock and builds
+        # a tuple on every call); the children live as long as their metric.
+        self._seconds: dict[str, Histogram] = {}
+        self._calls: dict[tuple[str, str], Counter] = {}
 
     def intercept_service(
         self,
@@ -210,7 +215,11 @@ class MetricsInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         handler = continuation(details)
         if handler is None:
             return None
-        method = details.method
+        return self._wrapped(details.method, handler)
+
+    def _wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         return rewrapped(
             handler,
             unary=lambda behaviour: self._unary(method, behaviour),
@@ -218,8 +227,15 @@ class MetricsInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         )
 
     def _done(self, method: str, context: grpc.ServicerContext, started: float, ok: bool) -> None:
-        self.metrics.grpc_calls.labels(method, final_code(context, ok).name).inc()
-        self.metrics.grpc_seconds.labels(method).observe(time.perf_counter() - started)
+        code = final_code(context, ok).name
+        calls = self._calls.get((method, code))
+        if calls is None:
+            calls = self._calls[(method, code)] = self.metrics.grpc_calls.labels(method, code)
+        calls.inc()
+        seconds = self._seconds.get(method)
+        if seconds is None:
+            seconds = self._seconds[method] = self.metrics.grpc_seconds.labels(method)
+        seconds.observe(time.perf_counter() - started)
 
     def _unary(self, method: str, behaviour: Behaviour) -> Behaviour:
         def run(request: Any, context: grpc.ServicerContext) -> Any:

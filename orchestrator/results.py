@@ -14,7 +14,8 @@ entry, the validated command it carried is kept beside the answer, under the cal
 and key, and a later request equal to it field for field (values and their types) is the same
 request. Validation is a pure function that maps its own output to itself, so such a request
 validates to that very command: same command id, same fingerprint, same answer. Anything
-else (other parameters, a value that validation would normalise) takes the full path.
+else (other parameters, a value that validation would normalise) takes the full path. That
+lookup takes no lock (``orchestrator/lru.py``): every worker replaying a hot key reads it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 from uuid import UUID
 
 from orchestrator.domain.payment import Payment
+from orchestrator.lru import BoundedMap
 
 DEFAULT_SIZE = 10_000  # commands; a few KB each
 
@@ -48,7 +50,7 @@ class ResultCache:
         self.maxsize = maxsize
         self._entries: OrderedDict[UUID, KnownResult] = OrderedDict()
         # (scope, idempotency key) -> (the validated command a replay carried, its answer)
-        self._asked: OrderedDict[tuple[str, str], tuple[Any, KnownResult]] = OrderedDict()
+        self._asked: BoundedMap[tuple[str, str], tuple[Any, KnownResult]] = BoundedMap(maxsize)
         self._lock = threading.Lock()
 
     def answer(self, scope: str, request: Any) -> Payment | None:
@@ -56,24 +58,15 @@ class ResultCache:
         of the very same command was answered from this cache before; else None."""
         if type(request.idempotency_key) is not str:
             return None  # validation says what is wrong with it
-        with self._lock:
-            found = self._asked.get((scope, request.idempotency_key))
-            if found is None:
-                return None
-            self._asked.move_to_end((scope, request.idempotency_key))
+        found = self._asked.get((scope, request.idempotency_key))
+        if found is None:
+            return None
         command, known = found
         return known.payment if _identical(request, command) else None
 
     def note(self, scope: str, command: Any, known: KnownResult) -> None:
         """Records that ``command`` (validated) was answered ``known`` from this cache."""
-        if self.maxsize == 0:
-            return
-        key = (scope, command.idempotency_key)
-        with self._lock:
-            self._asked[key] = (command, known)
-            self._asked.move_to_end(key)
-            while len(self._asked) > self.maxsize:
-                self._asked.popitem(last=False)
+        self._asked.put((scope, command.idempotency_key), (command, known))
 
     def get(self, command_id: UUID) -> KnownResult | None:
         with self._lock:
@@ -97,8 +90,9 @@ class ResultCache:
 
 def _identical(request: Any, command: Any) -> bool:
     """The same class and equal fields of the same types (``1000.0 == 1000`` is not enough:
-    validation refuses the float)."""
-    if type(request) is not type(command) or request != command:
+    validation refuses the float). Both are instances of one dataclass, so their fields are in
+    the same order."""
+    if type(request) is not type(command):
         return False
     ours, theirs = vars(request), vars(command)
-    return all(type(ours[name]) is type(value) for name, value in theirs.items())
+    return ours == theirs and [*map(type, ours.values())] == [*map(type, theirs.values())]

@@ -18,7 +18,7 @@ import grpc
 
 from orchestrator.api._generated import payments_pb2
 from orchestrator.api.errors import refusal
-from orchestrator.api.handlers import Behaviour, rewrapped
+from orchestrator.api.handlers import Behaviour, WrappedByMethod, rewrapped
 from orchestrator.api.identity import (
     EVENTS_STREAM,
     OPERATOR,
@@ -111,6 +111,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             if s.rate is not None
         }
         self.streams = Slots(settings.max_streams)
+        self._wrapped = WrappedByMethod(self._guarded)
 
     def intercept_service(
         self,
@@ -118,8 +119,17 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(details)
-        service, _, method = str(details.method).lstrip("/").partition("/")
-        if handler is None or service in OPEN_SERVICES:
+        if handler is None:
+            return None
+        return self._wrapped(str(details.method), handler)
+
+    def _guarded(
+        self, path: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """The method's handler, admitting each call first (built once per method: every call
+        is still authenticated, checked and counted by ``_admit``)."""
+        service, _, method = path.lstrip("/").partition("/")
+        if service in OPEN_SERVICES:
             return handler
         role = METHOD_ROLES.get(method) if service == PAYMENTS_SERVICE else None
         return _wrap(handler, lambda context: self._admit(context, method, role),

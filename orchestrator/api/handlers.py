@@ -39,3 +39,31 @@ def final_code(context: grpc.ServicerContext, ok: bool) -> grpc.StatusCode:
     if isinstance(code, grpc.StatusCode):
         return code
     return grpc.StatusCode.OK if ok else grpc.StatusCode.UNKNOWN
+
+
+# (grpc's stubs make the handler generic; grpcio's class is not: quoted, read by mypy only)
+Wrapper = Callable[[str, "grpc.RpcMethodHandler[Any, Any]"], "grpc.RpcMethodHandler[Any, Any]"]
+
+
+class WrappedByMethod:
+    """Each method's wrapped handler, built on the method's first call and reused while gRPC
+    hands out the same handler (one object per method, for the life of the server). Building
+    it on every call cost 3 us each (measured): the wrappers, their closures and gRPC's
+    handler tuple, on every health check and every replay. Only methods the server has are
+    kept (a method without a handler is never wrapped), so the map stays that small."""
+
+    def __init__(self, wrap: Wrapper) -> None:
+        self._wrap = wrap
+        self._built: dict[
+            str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
+        ] = {}
+
+    def __call__(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        found = self._built.get(method)
+        if found is not None and found[0] is handler:
+            return found[1]
+        wrapped = self._wrap(method, handler)
+        self._built[method] = (handler, wrapped)
+        return wrapped

@@ -5,10 +5,13 @@ loopback, real SQLite and PostgreSQL, the real sandbox."""
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from types import FrameType
+from typing import Any, cast
 from uuid import UUID
 
 import grpc
@@ -16,6 +19,7 @@ import pytest
 
 from adapters.sandbox import SandboxServer
 from orchestrator.api._generated import payments_pb2 as pb
+from orchestrator.api.servicer import PaymentOrchestratorServicer
 from orchestrator.application import Payments
 from orchestrator.bootstrap import build_payments, load_router
 from orchestrator.commands import CreatePayment
@@ -74,6 +78,93 @@ def test_a_replayed_follow_up_command_reads_nothing(
     reads = count_reads(running.app, monkeypatch)
     assert running.stub.CapturePayment(capture) == first
     assert sum(reads.values()) == 0, reads
+
+
+class WatchedLock:
+    """A lock that notes, while ``watching`` names a thread, each time that thread takes it
+    in a way that waits if another thread holds it (a non-blocking try never waits)."""
+
+    watching: int | None = None
+    waits: list[str] = []
+
+    def __init__(self) -> None:
+        self._lock = _REAL_LOCK()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if blocking:
+            self._note(sys._getframe(1))
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        self._note(sys._getframe(1))
+        return self._lock.acquire()
+
+    @staticmethod
+    def _note(caller: FrameType) -> None:
+        if WatchedLock.watching == threading.get_ident():
+            WatchedLock.waits.append(f"{caller.f_code.co_filename}:{caller.f_lineno}")
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+_REAL_LOCK = threading.Lock
+
+
+class _Context:
+    def time_remaining(self) -> float:
+        return 10.0
+
+
+def test_a_replay_answered_from_memory_waits_for_no_lock(
+    database_url: str, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every gRPC worker replaying a hot key would take such a lock: they queue on it whenever
+    # its holder loses the GIL, and each replay then costs a sleep and a wake-up more.
+    with monkeypatch.context() as patched:
+        patched.setattr(threading, "Lock", WatchedLock)
+        app = build_payments(database_url, load_router(None, sandbox.url))
+        servicer = PaymentOrchestratorServicer(app)
+    try:
+        context = cast(grpc.ServicerContext, _Context())
+        first = servicer.CreatePayment(create_request("lockless-1"), context)
+        assert servicer.CreatePayment(create_request("lockless-1"), context) == first  # hot
+        WatchedLock.waits, WatchedLock.watching = [], threading.get_ident()
+        try:
+            again = servicer.CreatePayment(create_request("lockless-1"), context)
+        finally:
+            WatchedLock.watching = None
+        assert again == first
+        assert WatchedLock.waits == []
+    finally:
+        app.close()
+
+
+def test_concurrent_replays_of_a_hot_key_all_answer_the_first_bytes(running: Running) -> None:
+    create = raw_create(running)
+    first = create(create_request("hot-concurrent"))
+    answers: list[bytes] = []
+
+    def replay() -> None:
+        for _ in range(25):
+            answers.append(create(create_request("hot-concurrent")))
+
+    workers = [threading.Thread(target=replay) for _ in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    assert answers == [first] * 200
+    with pytest.raises(grpc.RpcError) as refused:
+        create(create_request("hot-concurrent", amount=2000))
+    assert error_reason(refused.value) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "IDEMPOTENCY_KEY_REUSED",
+    )
+    assert len(running.ledger("authorization")) == 1
 
 
 def test_the_same_key_with_other_parameters_is_still_refused_without_a_read(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -41,5 +42,44 @@ def test_a_command_that_fails_leaves_the_gate_all_the_same() -> None:
     gate = DrainGate()
     with pytest.raises(ZeroDivisionError), gate.admitted():
         _ = 1 / 0
+    assert gate.in_flight == 0
+    assert gate.wait_empty(0) == 0
+
+
+def test_a_waiting_drain_wakes_as_soon_as_the_last_command_leaves() -> None:
+    gate = DrainGate()
+    entered, release = threading.Event(), threading.Event()
+
+    def command() -> None:
+        with gate.admitted():
+            entered.set()
+            release.wait(5)
+
+    runner = threading.Thread(target=command)
+    runner.start()
+    entered.wait(5)
+    gate.close()
+    waited: list[float] = []
+
+    def drain() -> None:
+        started = time.monotonic()
+        assert gate.wait_empty(30) == 0
+        waited.append(time.monotonic() - started)
+
+    drainer = threading.Thread(target=drain)
+    drainer.start()
+    time.sleep(0.1)  # the drain is waiting now
+    release.set()
+    drainer.join(10)
+    runner.join(5)
+    assert waited and waited[0] < 5  # woken by the command leaving, not by its timeout
+
+
+def test_each_command_in_flight_is_counted_until_it_leaves() -> None:
+    gate = DrainGate()
+    with gate.admitted():
+        with gate.admitted():
+            assert gate.in_flight == 2
+        assert gate.wait_empty(0.01) == 1
     assert gate.in_flight == 0
     assert gate.wait_empty(0) == 0
