@@ -13,6 +13,7 @@ Every command follows the same path:
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -138,6 +139,18 @@ class _Repository(Repository[UUID]):
     def get(self, aggregate_id: UUID, *, projector_func: Any = replay, **options: Any) -> Any:
         return super().get(aggregate_id, projector_func=projector_func, **options)
 
+    def get_many(self, ids: Iterable[UUID]) -> dict[UUID, Any]:
+        """The current version of each aggregate of ``ids`` that exists, from its events read
+        with the others' in one query (``select_events_after``), each projected from its
+        first event: the aggregate cache is neither read nor changed."""
+        recorder: Any = self.event_store.recorder
+        stored = recorder.select_events_after(dict.fromkeys(ids, 0))
+        found: dict[UUID, Any] = {}
+        for originator_id, events in itertools.groupby(stored, key=lambda e: e.originator_id):
+            domain = (self.event_store.mapper.to_domain_event(e) for e in events)
+            found[originator_id] = replay(None, domain)
+        return found
+
 
 class Payments(Application[UUID]):
     """Payments and the commands that change them."""
@@ -222,6 +235,13 @@ class Payments(Application[UUID]):
     # Every query and command takes ``account``: the caller's account, which must own the
     # payment, or it is answered exactly as a payment that does not exist (no existence
     # leak). ``None`` is the service itself (recovery, webhooks, operator tools): any account.
+
+    def get_payments(self, payment_ids: Iterable[UUID]) -> dict[UUID, Payment]:
+        """The payments of ``payment_ids`` that exist, read in one query (the webhook
+        consumer's page): as ``get_payment`` reads each, for the service (any account)."""
+        repository: _Repository = self.repository  # type: ignore[assignment]
+        found = repository.get_many(payment_ids)
+        return {i: p for i, p in found.items() if isinstance(p, Payment)}
 
     def get_payment(
         self, payment_id: UUID | str, *, version: int | None = None, account: str | None = None

@@ -260,10 +260,13 @@ class WebhookProcessor(BackgroundLoop):
 
     def _together(self, page: Sequence[Any]) -> list[str]:
         processing: ProcessingEvent[UUID] = ProcessingEvent(Tracking(TRACKING_NAME, page[-1].id))
-        payments: dict[UUID, Payment] = {}  # read once each, changed by each delivery in turn
+        deliveries = [self._received(notification) for notification in page]
+        # The page's payments, read together (one query, not one each); each is then changed
+        # by its deliveries in turn. A payment found otherwise (by the provider's reference)
+        # is read when first needed, into the same map.
+        payments: dict[UUID, Payment] = self.app.get_payments(_named_payments(deliveries))
         applied: list[tuple[WebhookDelivery, str]] = []
-        for notification in page:
-            delivery = self._received(notification)
+        for delivery in deliveries:
             effect = self._apply(delivery, processing, payments)
             processing.collect_events(delivery)
             applied.append((delivery, effect))
@@ -369,6 +372,18 @@ class WebhookProcessor(BackgroundLoop):
         if payment_id not in payments:
             payments[payment_id] = self.app.get_payment(payment_id)
         return payments[payment_id]
+
+
+def _named_payments(deliveries: Sequence[WebhookDelivery]) -> set[UUID]:
+    """The payment ids the deliveries name (``_payment_for``'s first candidates)."""
+    named = set()
+    for delivery in deliveries:
+        for candidate in (delivery.payment_id, delivery.operation_key.split(":", 1)[0]):
+            try:
+                named.add(UUID(candidate))
+            except ValueError:
+                continue
+    return named
 
 
 def _log_applied(delivery: WebhookDelivery, effect: str) -> None:

@@ -121,6 +121,7 @@ class Reads:
         for name in (
             "select_notifications",
             "select_events",
+            "select_events_after",
             "max_notification_id",
             "max_tracking_id",
             "insert_tracking",
@@ -367,6 +368,9 @@ def test_a_page_of_deliveries_is_applied_in_one_transaction(app: Payments) -> No
     # One save: the payments, the deliveries' Applied and the position of the last; then
     # the position moves past the unrelated events after it.
     assert (reads.calls["insert_events"], reads.calls["insert_tracking"]) == (1, 1)
+    # The page's payments were read together, in one query, not one each.
+    assert reads.calls["select_events_after"] == 1
+    assert not set(reads.aggregates) & {p.id for p in payments}
     assert [received(app, p) for p in payments] == [1] * 6
     assert all(app.get_payment(p.id).status is Status.CAPTURED for p in payments)
     assert consumer.run_once() == 0  # past its own events, on the next pass

@@ -1,0 +1,74 @@
+"""Payments read together (``Payments.get_payments``, the webhook consumer's page): one query
+for them all, each exactly as ``get_payment`` reads it, whatever the aggregate cache holds, on
+SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from uuid import uuid4
+
+import pytest
+
+from orchestrator.application import Payments
+from orchestrator.audit import chain
+from orchestrator.bootstrap import build_payments
+from orchestrator.domain.payment import Cause, Payment
+from orchestrator.routing import Router
+from tests.integration.test_group_commit import intent
+
+pytestmark = pytest.mark.timeout(60)
+CAUSE = Cause("default", "key-0")
+
+
+@pytest.fixture
+def apps(database_url: str) -> Iterator[tuple[Payments, Payments]]:
+    """Two replicas of one store: each has its own aggregate cache."""
+    first = build_payments(database_url, Router({}, {}))
+    second = build_payments(database_url, Router({}, {}))
+    try:
+        yield first, second
+    finally:
+        first.close()
+        second.close()
+
+
+def as_read(payment: Payment) -> tuple[object, ...]:
+    return (
+        payment.id,
+        payment.version,
+        payment.status,
+        payment.operations,
+        payment.amount,
+        payment.provider_reference,
+    )
+
+
+def test_payments_read_together_are_each_as_read_alone(
+    apps: tuple[Payments, Payments], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, other = apps
+    payments = [intent() for _ in range(5)]
+    for payment in payments:
+        app.save(payment)
+    for payment in payments:
+        app.get_payment(payment.id)  # now in this replica's cache, at version 2
+    # Another replica moves two of them on: this one's cache is behind for those.
+    for payment in payments[:2]:
+        moved = other.get_payment(payment.id)
+        op = moved.operations[-1]
+        moved.record_success(op.sequence, provider_reference="sbx", amount=0, caused_by=CAUSE)
+        other.save(moved)
+    monkeypatch.setattr(chain, "AFTER_PAGE", 2)  # several queries: pages of two
+    not_payments = {uuid4()}  # an id nothing has
+
+    together = app.get_payments([p.id for p in payments] + list(not_payments))
+
+    assert sorted(together) == sorted(p.id for p in payments)
+    fresh = [other.get_payment(p.id) for p in payments]
+    assert [as_read(together[p.id]) for p in payments] == [as_read(p) for p in fresh]
+    assert [together[p.id].version for p in payments] == [3, 3, 2, 2, 2]
+
+
+def test_no_payments_asked_reads_nothing(apps: tuple[Payments, Payments]) -> None:
+    app, _ = apps
+    assert app.get_payments([]) == {}
