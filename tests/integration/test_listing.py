@@ -3,8 +3,9 @@ through the application in memory (no provider), projected, raced and rebuilt.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -54,6 +55,25 @@ def head(app: Payments) -> int:
     return app.recorder.max_notification_id() or 0
 
 
+def counted_reads(app: Payments) -> list[str]:
+    """The names of the recorder's event reads, in order, from now on."""
+    recorder: Any = app.recorder
+    reads: list[str] = []
+
+    def counting(name: str) -> Callable[..., Any]:
+        method = getattr(recorder, name)
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            reads.append(name)
+            return method(*args, **kwargs)
+
+        return counted
+
+    for name in ("select_events", "select_events_after"):
+        setattr(recorder, name, counting(name))
+    return reads
+
+
 def test_a_payment_changed_across_passes_is_replayed_from_the_store(app: Payments) -> None:
     payments = save_payments(app, 5, captured=False)
     ListingProjector(app).catch_up(head(app))
@@ -61,10 +81,14 @@ def test_a_payment_changed_across_passes_is_replayed_from_the_store(app: Payment
     for payment in payments[:3]:  # their next events land in a later pass than their first
         payment.start_capture(None, deadline=datetime.now(UTC), cause=Cause("default", "c"))
     app.save(*payments[:3])
+    reads = counted_reads(app)
     ListingProjector(app).catch_up(head(app))
+    read_by_the_pass = list(reads)
     rows = app.listing.rows()
     assert rows == truth(app, payments)
     assert sorted(r.version for r in rows) == [3, 3, 4, 4, 4]
+    # Their earlier events were read for the three together, in one query.
+    assert read_by_the_pass == ["select_events_after"]
 
 
 def test_a_rebuild_writes_the_rows_a_stale_pass_skipped_when_it_committed_after_the_clear(
