@@ -12,6 +12,7 @@ Every command follows the same path:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import itertools
@@ -141,40 +142,35 @@ class _Repository(Repository[UUID]):
         return super().get(aggregate_id, projector_func=projector_func, **options)
 
     def get_many(self, ids: Iterable[UUID]) -> dict[UUID, Any]:
-        """The current version of each aggregate of ``ids`` that exists, as ``get`` gives it,
-        the events of them all read in one query (``select_events_after``): for a cached
-        aggregate, those after its cached version, projected onto a copy of it (taken under
-        the lock eventsourcing's ``get`` fast-forwards it under); for the others, all. The
-        cache is read, never changed."""
-        found: dict[UUID, Any] = {}
-        for aggregate_id in dict.fromkeys(ids):
-            cached = self._cached_copy(aggregate_id)
-            if cached is not None:
-                found[aggregate_id] = cached
-        after = {i: found[i].version if i in found else 0 for i in dict.fromkeys(ids)}
-        recorder: Any = self.event_store.recorder
-        stored = recorder.select_events_after(after)
-        for originator_id, events in itertools.groupby(stored, key=lambda e: e.originator_id):
-            domain = (self.event_store.mapper.to_domain_event(e) for e in events)
-            found[originator_id] = replay(found.get(originator_id), domain)
-        return found
-
-    def _cached_copy(self, aggregate_id: UUID) -> Any:
-        if self.cache is None:
-            return None
-        try:
-            cached = self.cache.get(aggregate_id)
-        except KeyError:
-            return None
-        # eventsourcing 9.5.6's own per-aggregate lock (pinned in pyproject.toml): get()
-        # fast-forwards the cached aggregate in place under it, so a copy taken outside it
-        # could be torn.
-        lock = self._use_fastforward_lock(aggregate_id)
-        try:
-            with lock:
-                return copy.deepcopy(cached)
-        finally:
-            self._disuse_fastforward_lock(aggregate_id)
+        """The current version of each aggregate of ``ids`` that exists, as ``get`` gives it
+        (a deep copy), the events of them all read in one query (``select_events_after``).
+        As ``get`` does, a cached aggregate is fast-forwarded in place, under eventsourcing's
+        lock for it, through the events after its version only; one that was not cached is
+        projected from its first event and cached."""
+        wanted = sorted(dict.fromkeys(ids))  # sorted: the locks are taken in one order
+        cached: dict[UUID, Any] = {}
+        if self.cache is not None:
+            for aggregate_id in wanted:
+                with contextlib.suppress(KeyError):
+                    cached[aggregate_id] = self.cache.get(aggregate_id)
+        locked = [i for i in wanted if i in cached]
+        # eventsourcing 9.5.6's own per-aggregate lock (pinned in pyproject.toml): the one
+        # its get() fast-forwards a cached aggregate in place under.
+        with contextlib.ExitStack() as held:
+            for aggregate_id in locked:
+                lock = self._use_fastforward_lock(aggregate_id)
+                held.callback(self._disuse_fastforward_lock, aggregate_id)
+                held.enter_context(lock)
+            after = {i: cached[i].version if i in cached else 0 for i in wanted}
+            recorder: Any = self.event_store.recorder
+            stored = recorder.select_events_after(after)
+            found = dict(cached)
+            for oid, events in itertools.groupby(stored, key=lambda e: e.originator_id):
+                domain = (self.event_store.mapper.to_domain_event(e) for e in events)
+                found[oid] = replay(found.get(oid), domain)
+                if oid not in cached and self.cache is not None:
+                    self.cache.put(oid, found[oid])
+            return {i: copy.deepcopy(aggregate) for i, aggregate in found.items()}
 
 
 class Payments(Application[UUID]):
