@@ -776,6 +776,9 @@ def _measure(
     group = getattr(app.recorder, "group", None)
     if group is not None:
         group.observe = metrics.store_transaction
+    known_head = getattr(app.recorder, "known_head", None)  # PostgreSQL's
+    if known_head is not None:
+        known_head.observe = metrics.head_guess
 
     def breakers() -> list[tuple[str, State]]:
         return [

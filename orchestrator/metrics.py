@@ -92,6 +92,11 @@ class Metrics:
             "payorch_store_batch_size", "Saves committed in one event store transaction",
             buckets=BATCH_BUCKETS, registry=r,
         )  # fmt: skip
+        self.head_guesses = Counter(
+            "payorch_store_head_guesses", "PostgreSQL transactions sent in one round trip on "
+            "the chain head this process last wrote, by result (hit, miss: another wrote since)",
+            ["result"], registry=r,
+        )  # fmt: skip
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -117,6 +122,9 @@ class Metrics:
     def store_transaction(self, saves: int, seconds: float) -> None:
         self.store_seconds.observe(seconds)
         self.batch_size.observe(saves)
+
+    def head_guess(self, result: str) -> None:
+        self.head_guesses.labels(result).inc()
 
     def interceptor(self) -> MetricsInterceptor:
         return MetricsInterceptor(self)

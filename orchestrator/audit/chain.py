@@ -145,6 +145,8 @@ class KnownHead:
         self._skip = 1  # what the next miss sets _skipping to
         self.guesses = 0  # transactions that went in one round trip, or tried to
         self.misses = 0  # of those, that found the head moved
+        # Told each guess's result, "hit" or "miss" (metrics); None: nobody is told.
+        self.observe: Callable[[str], None] | None = None
 
     def take(self) -> tuple[int, bytes] | None:
         """At a transaction's start: the head to guess, or None (read it). Pair with done."""
@@ -164,10 +166,14 @@ class KnownHead:
             self.misses += 1
             self._skipping = self._skip
             self._skip = min(2 * self._skip, self.MAX_SKIP)
+        if self.observe is not None:
+            self.observe("miss")
 
     def hit(self) -> None:
         with self._lock:
             self._skip = 1
+        if self.observe is not None:
+            self.observe("hit")
 
     def done(self, head: tuple[int, bytes] | None) -> None:
         """At a transaction's end: the head it committed, or None (it failed)."""

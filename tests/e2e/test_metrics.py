@@ -135,6 +135,9 @@ def test_metrics_follow_a_create_a_decline_an_outage_and_a_webhook(
     assert value(after, "payorch_provider_call_seconds_count", **ok) == 1
     assert value(after, "payorch_store_transaction_seconds_count") >= 1
     assert value(after, "payorch_store_batch_size_count") >= 1
+    if "event store: postgresql" in server.log.read_text():  # saves after the first guess
+        assert value(after, "payorch_store_head_guesses_total", result="hit") >= 1
+        assert value(after, "payorch_store_head_guesses_total", result="miss") == 0
 
     # Bad input: counted under its status code.
     with pytest.raises(grpc.RpcError) as bad:
