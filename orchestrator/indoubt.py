@@ -82,7 +82,7 @@ class InDoubtIndex(TrackedTable):
         self.delete = f"DELETE FROM {name} WHERE payment_id = {m} AND version <= {m}"  # noqa: S608
 
     def ddl(self) -> list[str]:
-        uuid, integer = ("uuid", "bigint") if self.postgres else ("TEXT", "INTEGER")
+        uuid, integer = self.id_and_integer_types
         return [
             f"CREATE TABLE IF NOT EXISTS {self.name} "
             f"(payment_id {uuid} PRIMARY KEY, version {integer} NOT NULL)"

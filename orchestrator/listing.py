@@ -199,7 +199,7 @@ class PaymentListing(TrackedTable):
         )
 
     def ddl(self) -> list[str]:
-        uuid, integer = ("uuid", "bigint") if self.postgres else ("TEXT", "INTEGER")
+        uuid, integer = self.id_and_integer_types
         text = "text" if self.postgres else "TEXT"
         columns = ", ".join(
             f"{column} {kind} NOT NULL"

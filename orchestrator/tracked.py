@@ -45,6 +45,12 @@ class TrackedTable:
         self.mark = "%s" if self.postgres else "?"
         self._created = False
 
+    @property
+    def id_and_integer_types(self) -> tuple[str, str]:
+        """The column types of an aggregate id and of a version or position, in the store's
+        dialect (SQLite keeps ids as text, as eventsourcing's recorder does)."""
+        return ("uuid", "bigint") if self.postgres else ("TEXT", "INTEGER")
+
     def ddl(self) -> list[str]:
         """The statements that create the table and its indexes (IF NOT EXISTS)."""
         raise NotImplementedError

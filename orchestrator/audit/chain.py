@@ -619,9 +619,7 @@ class ChainedPostgresRecorder(PostgresProcessRecorder, ChainedRecorder):
 
     def _events_after(self, keys: list[tuple[UUID, int]]) -> list[Any]:
         ids, versions = zip(*keys, strict=True)
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(self.events_after, (list(ids), list(versions)), prepare=True)
-            return curs.fetchall()
+        return self._rows(self.events_after, (list(ids), list(versions)))
 
 
 class _HeadMoved(Exception):

@@ -353,8 +353,7 @@ class WebhookProcessor(BackgroundLoop):
         begins with our payment id), else by the provider's own id for the payment.
         ``payments``: see ``_apply``."""
         read = {} if payments is None else payments
-        candidates = [delivery.payment_id, delivery.operation_key.split(":", 1)[0]]
-        for candidate in candidates:
+        for candidate in _candidates(delivery):
             try:
                 return self._read(UUID(candidate), read)
             except (ValueError, PaymentNotFound):
@@ -374,11 +373,17 @@ class WebhookProcessor(BackgroundLoop):
         return payments[payment_id]
 
 
+def _candidates(delivery: WebhookDelivery) -> list[str]:
+    """What may be our payment id in a delivery: the id the provider echoes, then the
+    operation's provider key, which begins with it."""
+    return [delivery.payment_id, delivery.operation_key.split(":", 1)[0]]
+
+
 def _named_payments(deliveries: Sequence[WebhookDelivery]) -> set[UUID]:
-    """The payment ids the deliveries name (``_payment_for``'s first candidates)."""
+    """The payment ids the deliveries name (``_payment_for``'s candidates)."""
     named = set()
     for delivery in deliveries:
-        for candidate in (delivery.payment_id, delivery.operation_key.split(":", 1)[0]):
+        for candidate in _candidates(delivery):
             try:
                 named.add(UUID(candidate))
             except ValueError:

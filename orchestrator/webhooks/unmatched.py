@@ -46,7 +46,7 @@ class UnmatchedIndex(TrackedTable):
         self.delete = f"DELETE FROM {name} WHERE delivery_id = {m}"  # noqa: S608
 
     def ddl(self) -> list[str]:
-        uuid, integer = ("uuid", "bigint") if self.postgres else ("TEXT", "INTEGER")
+        uuid, integer = self.id_and_integer_types
         return [
             f"CREATE TABLE IF NOT EXISTS {self.name} "
             f"(delivery_id {uuid} PRIMARY KEY, notification_id {integer} NOT NULL)"
