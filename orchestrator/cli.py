@@ -186,9 +186,13 @@ def _add_work_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
 
 
-def _serve_settings(args: argparse.Namespace) -> Settings:
+def _check_drain_grace(args: argparse.Namespace) -> None:
     if args.drain_grace is not None and not 0 <= args.drain_grace < float("inf"):
         raise ValueError("--drain-grace must be a number of seconds >= 0")
+
+
+def _serve_settings(args: argparse.Namespace) -> Settings:
+    _check_drain_grace(args)
     return Settings.from_env(
         grpc_listen=args.grpc_listen,
         database_url=args.database_url,
@@ -205,8 +209,7 @@ def _serve_settings(args: argparse.Namespace) -> Settings:
 
 
 def _work_settings(args: argparse.Namespace) -> Settings:
-    if args.drain_grace is not None and not 0 <= args.drain_grace < float("inf"):
-        raise ValueError("--drain-grace must be a number of seconds >= 0")
+    _check_drain_grace(args)
     settings = Settings.from_env(
         database_url=args.database_url,
         config=args.config,
@@ -547,10 +550,7 @@ def _serve(settings: Settings, tracing: Tracing | None, log_options: tuple[str, 
                 metrics=metrics,
             ),
         )  # fmt: skip
-        app = build_payments(
-            settings.database_url, config.router, recovery_schedule=config.recovery.schedule,
-            default_account=config.auth.default_account if config.auth else DEFAULT_ACCOUNT,
-        )  # fmt: skip
+        app = _payments(settings, config)
         server = create_server(
             settings.grpc_listen, app, max_workers=settings.grpc_workers, tls=config.tls,
             auth=config.auth, metrics=metrics, tracing=tracing,
@@ -658,19 +658,9 @@ def _start_workers(
 ) -> Sequence[Stoppable]:
     """The background workers, where ``settings.workers`` says (``orchestrator.background``):
     what a drain stops."""
-    recovery = RecoveryWorker(app, interval=config.recovery.interval)
-    webhooks = WebhookProcessor(app)
-    listing = ListingProjector(app, interval=config.listing_interval)
-    here = settings.workers == "here"
-    if metrics is not None:  # the gauges read the store: right wherever the workers run
-        _measure(
-            metrics, app, config.router, recovery=recovery, webhooks=webhooks, listing=listing,
-            here=here,
-        )  # fmt: skip
-    if here:
-        for worker in (recovery, webhooks, listing):
-            worker.start()
-        return (webhooks, recovery, listing)
+    if settings.workers == "here":
+        return _workers(app, config, metrics, here=True)
+    _workers(app, config, metrics, here=False)  # for the gauges, which read the store
     if settings.workers == "process":
         env = {
             "PAYORCH_DATABASE_URL": settings.database_url,
@@ -682,6 +672,31 @@ def _start_workers(
         return (WorkerProcess(work_command(log_level=level, log_format=fmt), env).start(),)
     log.info("workers: none in this process (payorch work runs them on this store)")
     return ()
+
+
+def _workers(
+    app: Payments, config: Configuration, metrics: Metrics | None, *, here: bool
+) -> tuple[WebhookProcessor, RecoveryWorker, ListingProjector]:
+    """The three workers, measured; started when they run ``here``, in this process."""
+    recovery = RecoveryWorker(app, interval=config.recovery.interval)
+    webhooks = WebhookProcessor(app)
+    listing = ListingProjector(app, interval=config.listing_interval)
+    if metrics is not None:  # the gauges read the store: right wherever the workers run
+        _measure(
+            metrics, app, config.router, recovery=recovery, webhooks=webhooks, listing=listing,
+            here=here,
+        )  # fmt: skip
+    if here:
+        for worker in (recovery, webhooks, listing):
+            worker.start()
+    return webhooks, recovery, listing
+
+
+def _payments(settings: Settings, config: Configuration) -> Payments:
+    return build_payments(
+        settings.database_url, config.router, recovery_schedule=config.recovery.schedule,
+        default_account=config.auth.default_account if config.auth else DEFAULT_ACCOUNT,
+    )  # fmt: skip
 
 
 def work_forever(settings: Settings, *, http_listen: str | None) -> int:
@@ -703,10 +718,7 @@ def work_forever(settings: Settings, *, http_listen: str | None) -> int:
             settings.config, settings.sandbox_url,
             sandbox_webhook_secret=sandbox_webhook_secret_from_env(), metrics=metrics,
         )  # fmt: skip
-        app = build_payments(
-            settings.database_url, config.router, recovery_schedule=config.recovery.schedule,
-            default_account=config.auth.default_account if config.auth else DEFAULT_ACCOUNT,
-        )  # fmt: skip
+        app = _payments(settings, config)
         http = None
         if http_listen:
             ready = functools.partial(_store_answers, app)
@@ -715,10 +727,7 @@ def work_forever(settings: Settings, *, http_listen: str | None) -> int:
         log.error("cannot start: %s: %s", type(e).__name__, e)
         return 2
     try:
-        workers = _start_workers(
-            app, config=config, metrics=metrics, settings=Settings(workers="here"),
-            sandbox_url=None, log_options=("", ""),
-        )  # fmt: skip
+        workers = _workers(app, config, metrics, here=True)
         if http is not None and http_listen:
             http.start()
             host = http_listen.rsplit(":", 1)[0]
