@@ -11,16 +11,8 @@ from orchestrator.domain.errors import ServerDraining
 from orchestrator.drain import DrainGate
 
 
-def test_a_command_arriving_after_the_gate_closes_is_refused_and_not_counted() -> None:
-    gate = DrainGate()
-    gate.close()
-    with pytest.raises(ServerDraining), gate.admitted():
-        pytest.fail("a refused command must not run")
-    assert gate.in_flight == 0
-
-
-def test_commands_already_admitted_go_on_and_the_wait_ends_when_the_last_one_does() -> None:
-    gate = DrainGate()
+def command_in_flight(gate: DrainGate) -> tuple[threading.Thread, threading.Event]:
+    """A command admitted by ``gate`` and running in its thread until the event is set."""
     entered, release = threading.Event(), threading.Event()
 
     def command() -> None:
@@ -31,6 +23,20 @@ def test_commands_already_admitted_go_on_and_the_wait_ends_when_the_last_one_doe
     runner = threading.Thread(target=command)
     runner.start()
     entered.wait(5)
+    return runner, release
+
+
+def test_a_command_arriving_after_the_gate_closes_is_refused_and_not_counted() -> None:
+    gate = DrainGate()
+    gate.close()
+    with pytest.raises(ServerDraining), gate.admitted():
+        pytest.fail("a refused command must not run")
+    assert gate.in_flight == 0
+
+
+def test_commands_already_admitted_go_on_and_the_wait_ends_when_the_last_one_does() -> None:
+    gate = DrainGate()
+    runner, release = command_in_flight(gate)
     gate.close()
     assert gate.wait_empty(0.05) == 1  # the grace ran out with it still in flight
     release.set()
@@ -48,16 +54,7 @@ def test_a_command_that_fails_leaves_the_gate_all_the_same() -> None:
 
 def test_a_waiting_drain_wakes_as_soon_as_the_last_command_leaves() -> None:
     gate = DrainGate()
-    entered, release = threading.Event(), threading.Event()
-
-    def command() -> None:
-        with gate.admitted():
-            entered.set()
-            release.wait(5)
-
-    runner = threading.Thread(target=command)
-    runner.start()
-    entered.wait(5)
+    runner, release = command_in_flight(gate)
     gate.close()
     waited: list[float] = []
 
