@@ -27,8 +27,11 @@ Speed on PostgreSQL: a transaction that must read the head under the lock before
 compute the links holds the lock across round trips to Python. A recorder that wrote the
 newest link knows the head (``KnownHead``): it computes the links first and sends the whole
 transaction in one round trip, with a guard the server checks under the lock (the head is
-still the one guessed, else the transaction fails and the head is read). The key never
-leaves payorch: the database checks a guess, it does not compute a link.
+still the one guessed, else the transaction fails). A guess that fails has read the true head
+under the lock on its way, and the transaction is sent again built on that one: a replica
+whose head another replica moved pays one more round trip, and the lock is never held while
+Python computes links. The key never leaves payorch: the database checks a guess, it does not
+compute a link.
 """
 
 from __future__ import annotations
@@ -60,6 +63,10 @@ GENESIS = bytes(32)  # the "previous hash" of the first link
 # A link (c) and the event it chains (e).
 _JOIN = "ON e.originator_id = c.originator_id AND e.originator_version = c.originator_version"
 PAGE = 2000
+# Attempts of a transaction in one round trip: the known head, then the head the miss saw.
+# More measured slower with two processes writing all the time (bench: 1,500 saves/s with
+# three, 1,790 with two): a retry that misses again costs a whole transaction's round trip.
+GUESSES = 2
 AFTER_PAGE = 400  # aggregates per query of select_events_after (SQLite: two variables each)
 
 
@@ -128,12 +135,16 @@ class KnownHead:
     the head: then the next transaction can send its links, computed from it, without first
     reading the head under the lock. Thread-safe.
 
-    A transaction guesses only when no other transaction of this recorder is in flight
-    (one that would move the head first), and the head is handed out once. When another
-    writer (another replica) moved the head meanwhile, the guess costs a rolled-back
-    transaction; after each such miss the next ``skip`` transactions read the head instead,
-    ``skip`` doubling up to MAX_SKIP while misses continue and starting again at 1 after a
-    guess that commits: replicas that all write all the time make guessing rare."""
+    A transaction starts from the known head only when no other transaction of this
+    recorder is in flight (one that would move the head first), and the head is handed out
+    once. Each attempt sent in one round trip is a guess, that hits or misses (another
+    writer, another replica, moved the head meanwhile).
+
+    A transaction's first guess that misses makes the next ``skip`` transactions read the
+    head instead, ``skip`` doubling up to MAX_SKIP while first guesses keep missing and
+    starting again at 1 after one that hits: replicas that all write all the time read the
+    head under the lock (cheaper then than guesses that keep missing), and a replica that
+    another writes past now and then loses one round trip."""
 
     MAX_SKIP = 64
 
@@ -142,8 +153,8 @@ class KnownHead:
         self._head: tuple[int, bytes] | None = None
         self._writing = 0  # transactions in flight, between take and done
         self._skipping = 0  # transactions left that do not guess
-        self._skip = 1  # what the next miss sets _skipping to
-        self.guesses = 0  # transactions that went in one round trip, or tried to
+        self._skip = 1  # what the next first miss sets _skipping to
+        self.guesses = 0  # attempts sent in one round trip
         self.misses = 0  # of those, that found the head moved
         # Told each guess's result, "hit" or "miss" (metrics); None: nobody is told.
         self.observe: Callable[[str], None] | None = None
@@ -156,22 +167,29 @@ class KnownHead:
             if self._skipping:
                 self._skipping -= 1
                 return None
-            if head is None or self._writing > 1:
-                return None
-            self.guesses += 1
-            return head
+            return head if self._writing == 1 else None
 
-    def missed(self) -> None:
+    def sent(self) -> None:
+        """An attempt goes in one round trip; ``hit`` or ``missed`` follows, unless it fails
+        for another reason (a duplicate)."""
+        with self._lock:
+            self.guesses += 1
+
+    def missed(self, *, first: bool = True) -> None:
+        """A guess found the head moved; ``first``: the transaction's first."""
         with self._lock:
             self.misses += 1
-            self._skipping = self._skip
-            self._skip = min(2 * self._skip, self.MAX_SKIP)
+            if first:
+                self._skipping = self._skip
+                self._skip = min(2 * self._skip, self.MAX_SKIP)
         if self.observe is not None:
             self.observe("miss")
 
-    def hit(self) -> None:
-        with self._lock:
-            self._skip = 1
+    def hit(self, *, first: bool = True) -> None:
+        """A guess committed; ``first``: the transaction's first."""
+        if first:
+            with self._lock:
+                self._skip = 1
         if self.observe is not None:
             self.observe("hit")
 
@@ -412,27 +430,54 @@ class ChainedPostgresRecorder(PostgresProcessRecorder, ChainedRecorder):
         # binary (%b): eventsourcing's composite stored_event[] is dumped as text, field by
         # field in Python, its state bytes hex-escaped, under the lock. The events are
         # inserted in their order, so RETURNING gives their notification ids in that order.
-        self.insert_links_and_events = SQL(
-            "WITH new AS (SELECT * FROM unnest(%b::bigint[], %b::{id_type}[], %b::bigint[], "
+        new = SQL(
+            "new AS (SELECT * FROM unnest(%b::bigint[], %b::{id_type}[], %b::bigint[], "
             "%b::bytea[], %b::bytea[], %b::text[], %b::bytea[]) WITH ORDINALITY "
-            "AS n(seq, originator_id, originator_version, digest, hash, topic, state, i)), "
+            "AS n(seq, originator_id, originator_version, digest, hash, topic, state, i){only})"
+        )
+        links_and_events = SQL(
             "links AS (INSERT INTO {chain} "
             "SELECT seq, originator_id, originator_version, digest, hash FROM new) "
             "INSERT INTO {events} (originator_id, originator_version, topic, state) "
             "SELECT originator_id, originator_version, topic, state FROM new ORDER BY i "
             "RETURNING notification_id"
-        ).format(**names)
+        )
+        self.insert_links_and_events = SQL("WITH {}, {}").format(
+            new.format(**names, only=SQL("")), links_and_events.format(**names)
+        )
         self.notify_statement = notify
-        # Two guards for the one-round-trip transaction, each failing its statement (and the
-        # transaction with it) when it does not hold, each with its own error:
-        # - the head is still (seq, hash), an empty chain's being (0, GENESIS): else ln(0);
-        self.head_is = SQL(
-            "SELECT ln(coalesce((SELECT seq = %(seq)s AND hash = %(hash)s FROM {chain} "
-            "ORDER BY seq DESC LIMIT 1), %(seq)s = 0)::int)"
+        # The one-round-trip transaction's guard: its statements write only while the head
+        # is still the one guessed, (seq, hash), an empty chain's being (0, GENESIS). A
+        # guess that misses writes nothing and commits, so the lock is released by the
+        # server at once: an aborted transaction would hold it until Python rolled it back.
+        guessed = SQL(
+            "guessed AS (SELECT coalesce((SELECT c.seq = g.seq AND c.hash = g.hash "
+            "FROM {chain} c ORDER BY c.seq DESC LIMIT 1), g.seq = 0) AS is_head "
+            "FROM (SELECT %b::bigint AS seq, %b::bytea AS hash) g)"
         ).format(**names)
-        # - a tracking row moves (its position was not already past this one): else 1 / 0.
-        self.tracking_moves = SQL("WITH moved AS ({}) SELECT 1 / count(*)::int FROM moved").format(
-            self.insert_tracking_statement
+        is_head = SQL("(SELECT is_head FROM guessed)")
+        self.insert_if_guessed = SQL("WITH {}, {}, {}").format(
+            guessed,
+            new.format(**names, only=SQL(" WHERE {}").format(is_head)),
+            links_and_events.format(**names),
+        )
+        # A tracking row moves (its position was not already past this one), else 1 / 0
+        # fails the transaction; after a wrong guess it writes nothing. It runs before the
+        # events' insert, so that its guard reads the head as the guess found it.
+        self.tracking_moves_if_guessed = SQL(
+            "WITH {}, moved AS (INSERT INTO {tracking} (application_name, notification_id) "
+            "SELECT %b::text, %b::bigint WHERE {} "
+            "ON CONFLICT (application_name) DO UPDATE SET notification_id = "
+            "EXCLUDED.notification_id WHERE {tracking}.notification_id < "
+            "EXCLUDED.notification_id RETURNING 1) "
+            "SELECT CASE WHEN {} THEN 1 / count(*)::int ELSE 0 END FROM moved"
+        ).format(
+            guessed,
+            is_head,
+            is_head,
+            tracking=SQL("{}.{}").format(
+                Identifier(datastore.schema), Identifier(tracking_table_name)
+            ),
         )
         self.known_head = KnownHead()
         self.events_after = SQL(
@@ -481,19 +526,27 @@ class ChainedPostgresRecorder(PostgresProcessRecorder, ChainedRecorder):
         """Events (with their links) and trackings in one transaction: the events' ids.
 
         When this recorder's last transaction left the chain's head known (``KnownHead``),
-        the transaction is one round trip (``_write_in_one_round_trip``). Otherwise, or when
-        another writer has moved the head since, it reads the head under the lock first."""
+        the transaction is one round trip (``_write_in_one_round_trip``). When another writer
+        has moved the head since, the attempt fails having read the true head under the lock,
+        and the next attempt is built on that one, up to ``GUESSES`` attempts. Otherwise, or
+        after that many misses (writers racing), it reads the head under the lock first."""
         if not events or not self.datastore.single_row_tracking:
             return self._read_head_and_write(events, trackings)[0]
         written: tuple[list[int] | None, tuple[int, bytes] | None] | None = None
         head = self.known_head.take()
         try:
-            if head is not None:
+            for attempt in range(GUESSES):
+                if head is None:  # none known: read it
+                    break
+                self.known_head.sent()
                 try:
                     written = self._write_in_one_round_trip(events, trackings, head)
-                    self.known_head.hit()
-                except _HeadMoved:
-                    self.known_head.missed()
+                except _HeadMoved as moved:
+                    self.known_head.missed(first=attempt == 0)
+                    head = moved.head
+                else:
+                    self.known_head.hit(first=attempt == 0)
+                    break
             if written is None:
                 written = self._read_head_and_write(events, trackings)
             return written[0]
@@ -553,17 +606,22 @@ class ChainedPostgresRecorder(PostgresProcessRecorder, ChainedRecorder):
         lock is held only while the server runs the statements, never across a round trip
         to Python (where a thread may wait milliseconds for the GIL).
 
-        Returns the events' ids and the head it leaves. Raises _HeadMoved (all rolled back)
-        when the head is not ``head``; otherwise as the reading path would: a duplicate's
-        IntegrityError, a tracking's that cannot move."""
+        Returns the events' ids and the head it leaves. Raises _HeadMoved (nothing written),
+        with the head the server found under the lock, when the head is not ``head``;
+        otherwise as the reading path would: a duplicate's IntegrityError, a tracking's that
+        cannot move."""
         links = self._next_links({"seq": head[0], "hash": head[1]}, events)
         params = self._links_and_events(links, events)
-        with self.datastore.get_connection() as conn, conn.cursor() as inserted:
+        with (
+            self.datastore.get_connection() as conn,
+            conn.cursor() as inserted,
+            conn.cursor() as found,
+        ):
             failed: errors.Error | None = None
             with conn.pipeline() as pipeline, conn.cursor() as curs:
                 try:  # an error may come back while statements are still being queued
                     curs.execute("BEGIN")
-                    self._queue_writes(curs, inserted, head, params, trackings)
+                    self._queue_writes(curs, (inserted, found), head, params, trackings)
                     curs.execute("COMMIT")
                     pipeline.sync()
                 except errors.Error as e:  # raised below, once the pipeline has ended
@@ -573,35 +631,42 @@ class ChainedPostgresRecorder(PostgresProcessRecorder, ChainedRecorder):
             if failed is not None:
                 if conn.info.transaction_status != TransactionStatus.IDLE:
                     conn.execute("ROLLBACK")
-                if isinstance(failed, errors.InvalidArgumentForLogarithm):  # head_is
-                    raise _HeadMoved from failed
-                if isinstance(failed, errors.DivisionByZero):  # tracking_moves
+                if isinstance(failed, errors.DivisionByZero):  # tracking_moves_if_guessed
                     raise IntegrityError("a tracking position could not move") from failed
                 raise failed
             ids = [row["notification_id"] for row in inserted.fetchall()]
+            if not ids:  # the guess was wrong: nothing was written
+                # ``found`` ran under the lock: its row is the head.
+                raise _HeadMoved(_head_row(found.fetchone()))
         return ids, _head_of(links)
 
     def _queue_writes(
         self,
         curs: Cursor[DictRow],
-        inserted: Cursor[DictRow],
+        results: tuple[Cursor[DictRow], Cursor[DictRow]],
         head: tuple[int, bytes],
         params: list[Any],
         trackings: Sequence[Tracking],
     ) -> None:
-        """Queues the one-round-trip transaction's statements, between its BEGIN and COMMIT;
-        the events' insert on ``inserted``, whose rows are their ids."""
+        """Queues the one-round-trip transaction's statements, between its BEGIN and COMMIT:
+        each writes only if the head is ``head``. On ``results``, the events' insert, whose
+        rows are their ids (none after a wrong guess), and the head as the server finds it
+        under the lock."""
+        inserted, found = results
         for statement in self.lock_table_statements:
             curs.execute(statement, prepare=True)
         curs.execute(self.notify_statement)
-        curs.execute(self.head_is, {"seq": head[0], "hash": head[1]}, prepare=True)
-        inserted.execute(self.insert_links_and_events, params, prepare=True)
+        found.execute(self.chain_sql.head, prepare=True)
         for tracking in trackings:
-            self._queue_tracking(curs, tracking)
+            self._queue_tracking(curs, tracking, head)
+        inserted.execute(self.insert_if_guessed, [*head, *params], prepare=True)
 
-    def _queue_tracking(self, curs: Cursor[DictRow], tracking: Tracking) -> None:
+    def _queue_tracking(
+        self, curs: Cursor[DictRow], tracking: Tracking, head: tuple[int, bytes]
+    ) -> None:
         """The one-round-trip path's ``_insert_tracking``."""
-        curs.execute(self.tracking_moves, _tracking_params(tracking), prepare=True)
+        params = (*head, tracking.application_name, tracking.notification_id)
+        curs.execute(self.tracking_moves_if_guessed, params, prepare=True)
 
     def _insert_links(self, cursor: Any, links: list[tuple[Any, ...]]) -> None:
         if len(links) == 1:
@@ -623,19 +688,22 @@ class ChainedPostgresRecorder(PostgresProcessRecorder, ChainedRecorder):
 
 
 class _HeadMoved(Exception):
-    """The one-round-trip transaction found the head moved, and was rolled back."""
+    """The one-round-trip transaction found the head moved, to ``head``, and was rolled
+    back."""
+
+    def __init__(self, head: tuple[int, bytes]) -> None:
+        super().__init__(f"the chain's head is at {head[0]}")
+        self.head = head
+
+
+def _head_row(row: Any) -> tuple[int, bytes]:
+    """The head a ``chain_sql.head`` row names: an empty chain's is (0, GENESIS)."""
+    return (row["seq"], bytes(row["hash"])) if row else (0, GENESIS)
 
 
 def _head_of(links: list[tuple[Any, ...]]) -> tuple[int, bytes]:
     """The chain's head after ``links``: the last one's seq and hash."""
     return links[-1][0], links[-1][4]
-
-
-def _tracking_params(tracking: Tracking) -> dict[str, Any]:
-    return {
-        "application_name": tracking.application_name,
-        "notification_id": tracking.notification_id,
-    }
 
 
 def _stored(row: Any, originator_id: UUID) -> StoredEvent:

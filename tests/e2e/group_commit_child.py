@@ -75,8 +75,8 @@ class HoldingPostgresRecorder(GroupCommitPostgresRecorder, _Hold):
         self.hold_if_due(events)
         return written
 
-    def _queue_writes(self, curs: Cursor[DictRow], inserted: Any, *args: Any) -> None:
-        super()._queue_writes(curs, inserted, *args)
+    def _queue_writes(self, curs: Cursor[DictRow], results: Any, *args: Any) -> None:
+        super()._queue_writes(curs, results, *args)
         _, params, _ = args
         if self.due(params[1]):  # the links' originator ids
             # Without it the server would sleep on after the kill, holding the table lock.

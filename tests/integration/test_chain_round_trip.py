@@ -1,9 +1,11 @@
 """On PostgreSQL a save is sent in one round trip when the recorder knows the chain's head
 from its own last transaction: the links are computed before the table lock is taken, and
 the server checks the guess under the lock. A wrong guess (another writer, another replica,
-a head that is not what it seems) costs a rolled-back transaction and a second one that
-reads the head; it never forks or breaks the chain. A tracking position that cannot move
-fails the whole transaction, as when the head is read first."""
+a head that is not what it seems) costs a transaction that writes nothing, which saw the
+true head under the lock, and a second one built on it, not a read of the head under the
+lock; it never forks or breaks the chain. Writers that keep racing end with the head read
+under the lock. A tracking position that cannot move fails the whole transaction, as when
+the head is read first."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import pytest
 from eventsourcing.persistence import IntegrityError, Tracking
 
 from orchestrator.application import Payments
-from orchestrator.audit.chain import KnownHead
+from orchestrator.audit.chain import GUESSES, KnownHead
 from orchestrator.audit.verify import verify
 from orchestrator.bootstrap import build_payments
 from orchestrator.routing import Router
@@ -57,18 +59,87 @@ def test_a_replica_that_knows_the_head_saves_in_one_round_trip(
     assert links(app) == 6
 
 
-def test_a_head_moved_by_another_replica_is_read_and_the_chain_stays_one(
-    apps: tuple[Payments, Payments],
+def reads_under_the_lock(app: Payments, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts, from now on, the transactions of ``app`` that read the head under the lock."""
+    recorder: Any = app.recorder
+    reads: list[int] = []
+    read_head_and_write = recorder._read_head_and_write
+
+    def counted(*args: Any) -> Any:
+        reads.append(1)
+        return read_head_and_write(*args)
+
+    monkeypatch.setattr(recorder, "_read_head_and_write", counted)
+    return reads
+
+
+def test_a_head_moved_by_another_replica_costs_one_more_round_trip_and_the_chain_stays_one(
+    apps: tuple[Payments, Payments], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first, second = apps
     first.save(intent())
     first.save(intent())
     second.save(intent())  # moves the head past what the first knows
-    first.save(intent())
-    first.save(intent())  # after a miss, the next transaction reads the head
+    reads = reads_under_the_lock(first, monkeypatch)
+    first.save(intent())  # misses, then is built on the head the miss saw
 
+    assert (known_head(first).guesses, known_head(first).misses) == (3, 1)
+    assert reads == []  # the lock was never held while Python computed links
+    first.save(intent())  # after a first guess that missed, the next one reads the head
+    first.save(intent())
+    assert (known_head(first).guesses, known_head(first).misses) == (4, 1)
+    assert reads == [1]
+    assert links(first) == 12
+
+
+def test_writers_that_keep_racing_end_with_the_head_read_under_the_lock(
+    apps: tuple[Payments, Payments], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = apps
+    first.save(intent())
+    recorder: Any = first.recorder
+    write = recorder._write_in_one_round_trip
+
+    def raced(*args: Any) -> Any:
+        second.save(intent())  # another replica commits before each attempt
+        return write(*args)
+
+    monkeypatch.setattr(recorder, "_write_in_one_round_trip", raced)
+    reads = reads_under_the_lock(first, monkeypatch)
+    first.save(intent())
+
+    assert (known_head(first).guesses, known_head(first).misses) == (GUESSES, GUESSES)
+    assert reads == [1]
+    assert links(first) == 2 * (2 + GUESSES)
+
+
+def test_a_guess_that_misses_moves_no_tracking_and_its_retry_moves_it_once(
+    apps: tuple[Payments, Payments], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = apps
+    first.save(intent())
+    recorder: Any = first.recorder
+    write = recorder._write_in_one_round_trip
+    attempts: list[int] = []
+
+    def raced_once(*args: Any) -> Any:
+        if not attempts:
+            second.save(intent())  # another replica commits before the first attempt
+        attempts.append(1)
+        return write(*args)
+
+    monkeypatch.setattr(recorder, "_write_in_one_round_trip", raced_once)
+    payment = intent()
+    recorder.insert_events(
+        [first.mapper.to_stored_event(e) for e in payment.collect_events()],
+        tracking=Tracking("consumer", 10),
+    )
+
+    assert attempts == [1, 1]
     assert (known_head(first).guesses, known_head(first).misses) == (2, 1)
-    assert links(first) == 10
+    assert recorder.max_tracking_id("consumer") == 10
+    assert len(recorder.select_events(payment.id)) == 2
+    assert links(first) == 6
 
 
 @pytest.mark.parametrize("wrong", ["hash", "seq"])
@@ -115,8 +186,10 @@ def test_a_tracking_that_cannot_move_fails_the_transaction_and_writes_nothing(
     assert links(app) == 6
 
 
-def test_a_known_head_is_guessed_by_a_lone_transaction_and_less_after_each_miss() -> None:
+def test_a_known_head_is_guessed_by_a_lone_transaction_and_less_after_each_first_miss() -> None:
     head = KnownHead()
+    results: list[str] = []
+    head.observe = results.append
     assert head.take() is None  # nothing known yet
     head.done((1, b"a"))
     assert head.take() == (1, b"a")
@@ -129,23 +202,27 @@ def test_a_known_head_is_guessed_by_a_lone_transaction_and_less_after_each_miss(
     assert head.take() is None
     head.done((3, b"c"))
 
-    # Each miss in a row doubles the transactions that read the head before the next guess.
+    # Each first miss in a row doubles the transactions that read the head before the next
+    # guess; a retry's result changes nothing.
     for skipped in (1, 2, 4):
         assert head.take() == (3, b"c")
-        head.missed()
+        head.missed(first=True)
+        head.hit(first=False)
         head.done((3, b"c"))
         for _ in range(skipped):
             assert head.take() is None
             head.done((3, b"c"))
-    # A guess that commits starts again at one.
+    # A first guess that commits starts again at one.
     assert head.take() == (3, b"c")
     head.hit()
     head.done((4, b"d"))
     assert head.take() == (4, b"d")
     head.missed()
+    head.missed(first=False)
     head.done((5, b"e"))
     assert head.take() is None
     head.done((5, b"e"))
     assert head.take() == (5, b"e")
     head.done((5, b"e"))
-    assert (head.guesses, head.misses) == (8, 4)
+    assert head.misses == 5
+    assert results == ["miss", "hit"] * 3 + ["hit", "miss", "miss"]

@@ -291,13 +291,11 @@ def crash_when_tracking_past(app: Payments, position: int) -> None:
             setattr(recorder, name, _crashing(getattr(recorder, name), position))
 
 
-def _crashing(
-    write: Callable[[Any, Tracking], None], position: int
-) -> Callable[[Any, Tracking], None]:
-    def crashing(cursor: Any, tracking: Tracking) -> None:
+def _crashing(write: Callable[..., None], position: int) -> Callable[..., None]:
+    def crashing(cursor: Any, tracking: Tracking, *rest: Any) -> None:
         if tracking.notification_id > position:
             raise SystemExit("killed before the transaction committed")
-        write(cursor, tracking)
+        write(cursor, tracking, *rest)
 
     return crashing
 
