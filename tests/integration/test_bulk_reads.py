@@ -72,3 +72,33 @@ def test_payments_read_together_are_each_as_read_alone(
 def test_no_payments_asked_reads_nothing(apps: tuple[Payments, Payments]) -> None:
     app, _ = apps
     assert app.get_payments([]) == {}
+
+
+@pytest.mark.postgres
+def test_postgres_reads_each_payment_by_its_index_even_before_any_statistics(
+    postgres_url: str,
+) -> None:
+    """On a table the planner knows nothing about yet (a new or restored database, before
+    autovacuum's first analyze), the page's read is one index range per payment, never a
+    scan of the whole log; and a plan estimated at any cost is not JIT-compiled (payorch's
+    connections have JIT off)."""
+    app = build_payments(postgres_url, Router({}, {}))
+    try:
+        recorder = app.recorder
+        payments = [intent() for _ in range(10_000)]
+        app.save(*payments)
+        ids = [p.id for p in payments[:200]]
+        with recorder.datastore.get_connection() as conn:  # type: ignore[attr-defined]
+            assert conn.execute("SHOW jit").fetchone()["jit"] == "off"
+            plan = "\n".join(
+                row["QUERY PLAN"]
+                for row in conn.execute(
+                    b"EXPLAIN " + recorder.events_after.as_bytes(conn),  # type: ignore[attr-defined]
+                    (ids, [0] * len(ids)),
+                    binary=True,
+                )
+            )
+        assert "Seq Scan" not in plan, plan
+        assert "Index" in plan, plan
+    finally:
+        app.close()
