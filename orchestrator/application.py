@@ -30,7 +30,7 @@ from eventsourcing.application import (
     ProcessingEvent,
     Repository,
 )
-from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.domain import Aggregate, DomainEventProtocol
 from eventsourcing.persistence import IntegrityError, ProcessRecorder
 from eventsourcing.utils import get_topic, strtobool
 
@@ -135,6 +135,23 @@ def replay(aggregate: Any, events: Iterable[Any]) -> Any:
     for event in events:
         aggregate = event.mutate(aggregate)
     return aggregate
+
+
+class Collected(ProcessingEvent[UUID]):
+    """eventsourcing's ProcessingEvent, without its two runtime Protocol checks on each of our
+    aggregates (``isinstance`` against a runtime-checkable Protocol walks its members: 18 us
+    for a save of one aggregate, 6 % of a webhook acknowledgement's CPU). Anything that is not
+    one of our aggregates is collected by eventsourcing's own code."""
+
+    def collect_events(self, *objs: Any, **kwargs: Any) -> None:
+        others = []
+        for obj in objs:
+            if isinstance(obj, Aggregate):
+                self.events.extend(obj.collect_events())
+                self.aggregates[obj.id] = obj
+            elif obj is not None:
+                others.append(obj)
+        super().collect_events(*others, **kwargs)
 
 
 class _Repository(Repository[UUID]):
@@ -245,6 +262,16 @@ class Payments(Application[UUID]):
             ),
             deepcopy_from_cache=strtobool(self.env.get(self.DEEPCOPY_FROM_AGGREGATE_CACHE, "y")),
         )
+
+    def save(self, *objs: Any, **kwargs: Any) -> Any:
+        """eventsourcing's ``Application.save`` (9.5.6, pinned), collecting with ``Collected``."""
+        processing_event = Collected()
+        processing_event.collect_events(*objs, **kwargs)
+        recordings = self._record(processing_event)
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
+        self.notify(processing_event.events)  # deprecated in eventsourcing, kept as it does
+        return recordings
 
     def construct_recorder(self) -> ProcessRecorder:
         # A process recorder: the application recorder plus a tracking table, so that what

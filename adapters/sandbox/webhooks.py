@@ -89,7 +89,7 @@ def sign_standard_webhook(secret: str, msg_id: str, timestamp: int, body: bytes)
 def _digest(key: bytes, msg_id: str, timestamp: int, body: bytes) -> bytes:
     # The raw body bytes, never a re-serialisation: any change breaks the signature.
     signed = f"{msg_id}.{timestamp}.".encode() + body
-    return hmac.new(key, signed, hashlib.sha256).digest()
+    return hmac.digest(key, signed, hashlib.sha256)  # the one-shot C path
 
 
 class SandboxWebhooks:

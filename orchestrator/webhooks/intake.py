@@ -97,6 +97,9 @@ class WebhookIntake:
                 log.debug("a batch of %d deliveries goes alone", len(verified), exc_info=True)
             else:
                 alone = False
+        # One log line per provider and verifying secret for the whole batch, not one per
+        # delivery: formatting and writing a line cost as much as verifying a delivery.
+        counts: dict[tuple[str, str], Receipt] = {}
         for i, provider, name, make in verified:
             if alone:
                 try:
@@ -106,9 +109,14 @@ class WebhookIntake:
                     continue
             receipt = answers[i]
             assert isinstance(receipt, Receipt)
+            before = counts.get((provider, name), Receipt(0, 0))
+            counts[provider, name] = Receipt(
+                before.stored + receipt.stored, before.duplicates + receipt.duplicates
+            )
+        for (provider, name), total in counts.items():
             log.info(
                 "webhook %s: %d stored, %d duplicate(s), verified by %s",
-                provider, receipt.stored, receipt.duplicates, name,
+                provider, total.stored, total.duplicates, name,
             )  # fmt: skip
         return answers
 

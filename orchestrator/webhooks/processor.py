@@ -56,7 +56,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Tracking
 from eventsourcing.utils import get_topic
 
-from orchestrator.application import Payments, apply_outcome
+from orchestrator.application import Collected, Payments, apply_outcome
 from orchestrator.domain.errors import PaymentNotFound
 from orchestrator.domain.payment import (
     IN_DOUBT,
@@ -259,7 +259,7 @@ class WebhookProcessor(BackgroundLoop):
             return self._together(page)
 
     def _together(self, page: Sequence[Any]) -> list[str]:
-        processing: ProcessingEvent[UUID] = ProcessingEvent(Tracking(TRACKING_NAME, page[-1].id))
+        processing: ProcessingEvent[UUID] = Collected(Tracking(TRACKING_NAME, page[-1].id))
         deliveries = [self._received(notification) for notification in page]
         # The page's payments, read together (one query, not one each); each is then changed
         # by its deliveries in turn. A payment found otherwise (by the provider's reference)
@@ -295,9 +295,7 @@ class WebhookProcessor(BackgroundLoop):
     def _process(self, delivery_id: UUID, notification_id: int) -> str:
         for _ in range(_CONFLICTS):
             delivery: WebhookDelivery = self.app.repository.get(delivery_id)
-            processing: ProcessingEvent[UUID] = ProcessingEvent(
-                Tracking(TRACKING_NAME, notification_id)
-            )
+            processing: ProcessingEvent[UUID] = Collected(Tracking(TRACKING_NAME, notification_id))
             effect = self._apply(delivery, processing)
             processing.collect_events(delivery)
             try:

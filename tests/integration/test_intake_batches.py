@@ -5,6 +5,7 @@ the one it would have had alone, and every event is stored exactly once."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -86,6 +87,19 @@ def test_a_batch_with_duplicates_and_a_forgery_answers_each_as_it_would_alone(
     assert isinstance(answers[3], WebhookRejected) and answers[3].status == 401
     assert answers[4] == Receipt(0, 1)
     assert sorted(intake.stored()) == ["evt_new", "evt_old", "evt_twice"]
+
+
+def test_a_batch_is_logged_in_one_line_with_its_counts(
+    intake: Intake, caplog: pytest.LogCaptureFixture
+) -> None:
+    intake.intake.receive(*_fields(intake.request("evt_before")))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="payorch.webhooks"):
+        intake.intake.receive_many(
+            [intake.request("evt_a"), intake.request("evt_before"), intake.request("evt_b")]
+        )
+    lines = [r.getMessage() for r in caplog.records if r.name == "payorch.webhooks"]
+    assert lines == ["webhook sandbox: 2 stored, 1 duplicate(s), verified by sandbox"]
 
 
 def test_a_forged_delivery_alone_is_refused_as_before(intake: Intake) -> None:
