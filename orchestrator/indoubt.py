@@ -33,7 +33,7 @@ from uuid import UUID
 from eventsourcing.utils import get_topic
 
 from orchestrator.domain.payment import Payment
-from orchestrator.tracked import TrackedTable
+from orchestrator.tracked import Bulk, TrackedTable
 
 TRACKING_NAME = "recovery-index"
 # Events after which a payment may have an operation in doubt.
@@ -72,14 +72,20 @@ class InDoubtIndex(TrackedTable):
 
     def __init__(self, recorder: Any) -> None:
         super().__init__(recorder, "in_doubt")
-        name, m = self.name, self.mark
-        greatest = "GREATEST" if self.postgres else "MAX"
+        name = self.name
         # Table names come from eventsourcing's settings, never from input (noqa S608).
-        self.upsert = (
-            f"INSERT INTO {name} AS t VALUES ({m}, {m}) ON CONFLICT (payment_id) "  # noqa: S608
-            f"DO UPDATE SET version = {greatest}(t.version, excluded.version)"
+        self.upsert = Bulk(
+            f"INSERT INTO {name} AS t SELECT * FROM unnest(%s::uuid[], %s::bigint[]) "  # noqa: S608
+            "ON CONFLICT (payment_id) "
+            "DO UPDATE SET version = GREATEST(t.version, excluded.version)",
+            f"INSERT INTO {name} AS t VALUES (?, ?) ON CONFLICT (payment_id) "  # noqa: S608
+            "DO UPDATE SET version = MAX(t.version, excluded.version)",
         )
-        self.delete = f"DELETE FROM {name} WHERE payment_id = {m} AND version <= {m}"  # noqa: S608
+        self.delete = Bulk(
+            f"DELETE FROM {name} t USING unnest(%s::uuid[], %s::bigint[]) AS d(id, version) "  # noqa: S608
+            "WHERE t.payment_id = d.id AND t.version <= d.version",
+            f"DELETE FROM {name} WHERE payment_id = ? AND version <= ?",  # noqa: S608
+        )
 
     def ddl(self) -> list[str]:
         uuid, integer = self.id_and_integer_types
@@ -101,10 +107,8 @@ class InDoubtIndex(TrackedTable):
         # A settling event at version v: rows of doubt before v go (a strict "<", unlike
         # forget's read, which saw version v itself).
         settled = [(pid, version - 1) for pid, (version, doubt) in last.items() if not doubt]
-        if upserts:
-            cursor.executemany(self.upsert, upserts)
-        if settled:
-            cursor.executemany(self.delete, settled)
+        self.many(cursor, self.upsert, upserts)
+        self.many(cursor, self.delete, settled)
 
     def payment_ids(self) -> list[UUID]:
         return self.uuids(f"SELECT payment_id FROM {self.name} ORDER BY payment_id", "payment_id")  # noqa: S608
@@ -117,4 +121,4 @@ class InDoubtIndex(TrackedTable):
         """The payment, read at ``version``, has nothing in doubt: drop its row, unless an event
         after that read put it there."""
         row = (self.key(payment_id), version)
-        self.commit(None, lambda cursor: cursor.execute(self.delete, row))
+        self.commit(None, lambda cursor: self.many(cursor, self.delete, [row]))

@@ -40,7 +40,7 @@ from eventsourcing.utils import get_topic
 
 from orchestrator.domain.errors import InvalidArgument
 from orchestrator.domain.payment import Payment, Status
-from orchestrator.tracked import TrackedTable
+from orchestrator.tracked import Bulk, TrackedTable
 from orchestrator.worker import BackgroundLoop
 
 if TYPE_CHECKING:
@@ -64,6 +64,7 @@ _COLUMNS = (
     "payment_id, account, reference, status, provider, region, amount, currency, "
     "created_us, updated_us, version"
 )
+_POSTGRES_TYPES = ("uuid", *["text"] * 5, "bigint", "text", *["bigint"] * 3)  # of _COLUMNS
 
 
 def micros(moment: datetime) -> int:
@@ -187,15 +188,18 @@ class PaymentListing(TrackedTable):
 
     def __init__(self, recorder: Any) -> None:
         super().__init__(recorder, "listing")
-        marks = ", ".join([self.mark] * 11)
         updates = ", ".join(
             f"{c} = excluded.{c}" for c in ("status", "provider", "updated_us", "version")
         )
+        on_conflict = (
+            f"ON CONFLICT (payment_id) DO UPDATE SET {updates} WHERE t.version < excluded.version"
+        )
         # Table names come from eventsourcing's settings, never from input (noqa S608).
-        self.upsert = (
-            f"INSERT INTO {self.name} AS t ({_COLUMNS}) VALUES ({marks}) "  # noqa: S608
-            f"ON CONFLICT (payment_id) DO UPDATE SET {updates} "
-            "WHERE t.version < excluded.version"
+        self.upsert = Bulk(
+            f"INSERT INTO {self.name} AS t ({_COLUMNS}) SELECT * FROM unnest("  # noqa: S608
+            f"{', '.join(f'%s::{kind}[]' for kind in _POSTGRES_TYPES)}) {on_conflict}",
+            f"INSERT INTO {self.name} AS t ({_COLUMNS}) "  # noqa: S608
+            f"VALUES ({', '.join('?' * len(_POSTGRES_TYPES))}) {on_conflict}",
         )
 
     def ddl(self) -> list[str]:
@@ -234,8 +238,10 @@ class PaymentListing(TrackedTable):
         """The rows and the position they reach, in one transaction. Raises IntegrityError if
         the position is already at or past ``reached`` (another replica's pass). Without
         ``reached``, the rows alone (a rebuild behind the position)."""
-        values = [self._values(row) for row in sorted(rows, key=lambda r: r.payment_id)]
-        self.commit(reached, lambda cursor: values and cursor.executemany(self.upsert, values))
+        # One row per payment, its newest: a statement may change a row only once.
+        newest = {row.payment_id: row for row in sorted(rows, key=lambda r: r.version)}
+        values = [self._values(newest[pid]) for pid in sorted(newest)]
+        self.commit(reached, lambda cursor: self.many(cursor, self.upsert, values))
 
     def clear(self) -> None:
         """Forgets every row and the position, together: the next pass rebuilds from the log."""

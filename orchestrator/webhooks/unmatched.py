@@ -25,7 +25,7 @@ from uuid import UUID
 from eventsourcing.utils import get_topic
 
 from orchestrator.domain.webhook import WebhookDelivery
-from orchestrator.tracked import TrackedTable
+from orchestrator.tracked import Bulk, TrackedTable
 
 TRACKING_NAME = "unmatched-index"
 _OPEN = get_topic(WebhookDelivery.Unmatched)
@@ -40,10 +40,17 @@ class UnmatchedIndex(TrackedTable):
 
     def __init__(self, recorder: Any) -> None:
         super().__init__(recorder, "unmatched")
-        name, m = self.name, self.mark
+        name = self.name
         # Table names come from eventsourcing's settings, never from input (noqa S608).
-        self.insert = f"INSERT INTO {name} VALUES ({m}, {m}) ON CONFLICT (delivery_id) DO NOTHING"  # noqa: S608
-        self.delete = f"DELETE FROM {name} WHERE delivery_id = {m}"  # noqa: S608
+        self.insert = Bulk(
+            f"INSERT INTO {name} SELECT * FROM unnest(%s::uuid[], %s::bigint[]) "  # noqa: S608
+            "ON CONFLICT (delivery_id) DO NOTHING",
+            f"INSERT INTO {name} VALUES (?, ?) ON CONFLICT (delivery_id) DO NOTHING",  # noqa: S608
+        )
+        self.delete = Bulk(
+            f"DELETE FROM {name} WHERE delivery_id = ANY(%s::uuid[])",  # noqa: S608
+            f"DELETE FROM {name} WHERE delivery_id = ?",  # noqa: S608
+        )
 
     def ddl(self) -> list[str]:
         uuid, integer = self.id_and_integer_types
@@ -64,10 +71,8 @@ class UnmatchedIndex(TrackedTable):
             last[self.key(n.originator_id)] = (n.topic, n.id)
         opened = [(key, place) for key, (topic, place) in last.items() if topic == _OPEN]
         applied = [(key,) for key, (topic, _) in last.items() if topic != _OPEN]
-        if opened:
-            cursor.executemany(self.insert, opened)
-        if applied:
-            cursor.executemany(self.delete, applied)
+        self.many(cursor, self.insert, opened)
+        self.many(cursor, self.delete, applied)
 
     def delivery_ids(self) -> list[UUID]:
         """The deliveries still unmatched as far as the position, oldest first."""

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
+import psycopg
 import pytest
 from eventsourcing.persistence import Tracking
 
@@ -18,6 +19,7 @@ from orchestrator.application import Payments
 from orchestrator.bootstrap import build_payments, load_configuration
 from orchestrator.domain.payment import Cause, Kind, Payment, Status, provider_key
 from orchestrator.domain.webhook import WebhookDelivery, delivery_id
+from orchestrator.indoubt import InDoubtIndex
 from orchestrator.metrics import StateCollector
 from orchestrator.ports import WebhookKind
 from orchestrator.webhooks.processor import TRACKING_NAME as CONSUMER
@@ -215,3 +217,32 @@ def test_the_unmatched_gauge_counts_the_open_deliveries(app: Payments) -> None:
 
 def scraped(collector: StateCollector, name: str) -> float:
     return next(m.samples[0].value for m in collector.collect() if m.name == name)
+
+
+@pytest.mark.postgres
+def test_on_postgres_a_page_of_index_rows_is_one_statement_not_one_per_row(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """psycopg's executemany is a statement per row, each result read in Python: the consumer
+    spent half its time deleting, one by one, index rows of deliveries matched at once."""
+    app = build_payments(postgres_url, load_configuration(None, NOWHERE).router)
+    try:
+        old, still = old_log(app, matched=25)
+        per_row: list[str] = []
+        executemany = psycopg.Cursor.executemany
+
+        def counted(cursor: Any, query: Any, params_seq: Any, **kwargs: Any) -> Any:
+            text = query if isinstance(query, str) else repr(query)
+            if "_unmatched" in text or "_in_doubt" in text:
+                per_row.append(text)
+            return executemany(cursor, query, params_seq, **kwargs)
+
+        monkeypatch.setattr(psycopg.Cursor, "executemany", counted)
+        WebhookProcessor(app).run_once()  # the unmatched index: 25 rows out, 1 in
+        InDoubtIndex(app.recorder).catch_up(head(app))  # 25 payments in doubt
+
+        assert per_row == []
+        assert UnmatchedIndex(app.recorder).delivery_ids() == [still]
+        assert len(InDoubtIndex(app.recorder).payment_ids()) == len(old)
+    finally:
+        app.close()
