@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import statistics
 import sys
 import threading
 import time
 
+from benchlib import add_machine_arguments
 from chain import intent
 from create_payment import fresh_postgres_database
-from writes import app_for
+from writes import app_for, wait_for_quiet
 
 from orchestrator.audit.verify import verify
 
@@ -73,13 +73,7 @@ def one_round(url: str, processes: int, writers: int, seconds: float) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--postgres-url",
-        default=os.environ.get(
-            "PAYORCH_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-        help="an admin URL; the bench creates and drops its own database",
-    )
+    add_machine_arguments(parser, postgres_default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--writers", type=int, default=4, help="writer threads per process")
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -91,9 +85,10 @@ def main() -> int:
             f"{opts.processes} processes x {opts.writers} writers on one PostgreSQL database, "
             f"{opts.seconds:g} s rounds"
         )
-        rates = [
-            one_round(url, opts.processes, opts.writers, opts.seconds) for _ in range(opts.rounds)
-        ]
+        rates = []
+        for _ in range(opts.rounds):
+            wait_for_quiet(opts.quiet_threshold, opts.quiet_wait)
+            rates.append(one_round(url, opts.processes, opts.writers, opts.seconds))
         print(f"median: {statistics.median(rates):,.0f} saves/s")
         app = app_for(url, "grouped")
         try:

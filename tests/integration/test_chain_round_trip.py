@@ -9,7 +9,7 @@ the head is read first."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -59,18 +59,30 @@ def test_a_replica_that_knows_the_head_saves_in_one_round_trip(
     assert links(app) == 6
 
 
-def reads_under_the_lock(app: Payments, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts, from now on, the transactions of ``app`` that read the head under the lock."""
+def spy(
+    app: Payments,
+    name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    before: Callable[[int], None] = lambda made: None,
+) -> list[int]:
+    """Records each call, from now on, of ``app``'s recorder's method ``name``; each first
+    runs ``before`` with the number of calls made so far."""
     recorder: Any = app.recorder
-    reads: list[int] = []
-    read_head_and_write = recorder._read_head_and_write
+    calls: list[int] = []
+    method = getattr(recorder, name)
 
-    def counted(*args: Any) -> Any:
-        reads.append(1)
-        return read_head_and_write(*args)
+    def spied(*args: Any) -> Any:
+        before(len(calls))
+        calls.append(1)
+        return method(*args)
 
-    monkeypatch.setattr(recorder, "_read_head_and_write", counted)
-    return reads
+    monkeypatch.setattr(recorder, name, spied)
+    return calls
+
+
+def reads_under_the_lock(app: Payments, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The transactions of ``app``, from now on, that read the head under the lock."""
+    return spy(app, "_read_head_and_write", monkeypatch)
 
 
 def test_a_head_moved_by_another_replica_costs_one_more_round_trip_and_the_chain_stays_one(
@@ -92,19 +104,26 @@ def test_a_head_moved_by_another_replica_costs_one_more_round_trip_and_the_chain
     assert links(first) == 12
 
 
+def race(
+    apps: tuple[Payments, Payments], monkeypatch: pytest.MonkeyPatch, *, raced: int
+) -> list[int]:
+    """Another replica commits before each of the first ``raced`` attempts of the first
+    replica's next transactions sent in one round trip; returns those attempts, as made."""
+    first, second = apps
+
+    def commit_first(made: int) -> None:
+        if made < raced:
+            second.save(intent())
+
+    return spy(first, "_write_in_one_round_trip", monkeypatch, commit_first)
+
+
 def test_writers_that_keep_racing_end_with_the_head_read_under_the_lock(
     apps: tuple[Payments, Payments], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first, second = apps
+    first, _ = apps
     first.save(intent())
-    recorder: Any = first.recorder
-    write = recorder._write_in_one_round_trip
-
-    def raced(*args: Any) -> Any:
-        second.save(intent())  # another replica commits before each attempt
-        return write(*args)
-
-    monkeypatch.setattr(recorder, "_write_in_one_round_trip", raced)
+    race(apps, monkeypatch, raced=GUESSES)
     reads = reads_under_the_lock(first, monkeypatch)
     first.save(intent())
 
@@ -116,19 +135,10 @@ def test_writers_that_keep_racing_end_with_the_head_read_under_the_lock(
 def test_a_guess_that_misses_moves_no_tracking_and_its_retry_moves_it_once(
     apps: tuple[Payments, Payments], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first, second = apps
+    first, _ = apps
     first.save(intent())
     recorder: Any = first.recorder
-    write = recorder._write_in_one_round_trip
-    attempts: list[int] = []
-
-    def raced_once(*args: Any) -> Any:
-        if not attempts:
-            second.save(intent())  # another replica commits before the first attempt
-        attempts.append(1)
-        return write(*args)
-
-    monkeypatch.setattr(recorder, "_write_in_one_round_trip", raced_once)
+    attempts = race(apps, monkeypatch, raced=1)
     payment = intent()
     recorder.insert_events(
         [first.mapper.to_stored_event(e) for e in payment.collect_events()],
