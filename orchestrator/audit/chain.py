@@ -533,9 +533,10 @@ class ChainedPostgresRecorder(PostgresProcessRecorder, ChainedRecorder):
 
         When this recorder's last transaction left the chain's head known (``KnownHead``),
         the transaction is one round trip (``_write_in_one_round_trip``). When another writer
-        has moved the head since, the attempt fails having read the true head under the lock,
-        and the next attempt is built on that one, up to ``GUESSES`` attempts. Otherwise, or
-        after that many misses (writers racing), it reads the head under the lock first."""
+        has moved the head since, the attempt writes nothing, having read the true head under
+        the lock, and the next attempt is built on that one, up to ``GUESSES`` attempts.
+        Otherwise, or after that many misses (writers racing), it reads the head under the
+        lock first."""
         if not events or not self.datastore.single_row_tracking:
             return self._read_head_and_write(events, trackings)[0]
         written: tuple[list[int] | None, tuple[int, bytes] | None] | None = None
