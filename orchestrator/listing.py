@@ -60,11 +60,13 @@ MAX_FILTER_LENGTH = 200
 DEFAULT_INTERVAL = 0.5  # seconds between projector passes: how far behind the rows may be
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-_COLUMNS = (
-    "payment_id, account, reference, status, provider, region, amount, currency, "
-    "created_us, updated_us, version"
-)
-_POSTGRES_TYPES = ("uuid", *["text"] * 5, "bigint", "text", *["bigint"] * 3)  # of _COLUMNS
+# The listing's columns, in order, and what each holds: the payment's id, text or an integer.
+_KINDS = (
+    ("payment_id", "id"), ("account", "text"), ("reference", "text"), ("status", "text"),
+    ("provider", "text"), ("region", "text"), ("amount", "integer"), ("currency", "text"),
+    ("created_us", "integer"), ("updated_us", "integer"), ("version", "integer"),
+)  # fmt: skip
+_COLUMNS = ", ".join(column for column, _ in _KINDS)
 
 
 def micros(moment: datetime) -> int:
@@ -194,27 +196,23 @@ class PaymentListing(TrackedTable):
         on_conflict = (
             f"ON CONFLICT (payment_id) DO UPDATE SET {updates} WHERE t.version < excluded.version"
         )
+        postgres = {"id": "uuid", "text": "text", "integer": "bigint"}
         # Table names come from eventsourcing's settings, never from input (noqa S608).
         self.upsert = Bulk(
             f"INSERT INTO {self.name} AS t ({_COLUMNS}) SELECT * FROM unnest("  # noqa: S608
-            f"{', '.join(f'%s::{kind}[]' for kind in _POSTGRES_TYPES)}) {on_conflict}",
+            f"{', '.join(f'%s::{postgres[kind]}[]' for _, kind in _KINDS)}) {on_conflict}",
             f"INSERT INTO {self.name} AS t ({_COLUMNS}) "  # noqa: S608
-            f"VALUES ({', '.join('?' * len(_POSTGRES_TYPES))}) {on_conflict}",
+            f"VALUES ({', '.join('?' * len(_KINDS))}) {on_conflict}",
         )
 
     def ddl(self) -> list[str]:
         uuid, integer = self.id_and_integer_types
-        text = "text" if self.postgres else "TEXT"
-        columns = ", ".join(
-            f"{column} {kind} NOT NULL"
-            for column, kind in (
-                ("account", text), ("reference", text), ("status", text), ("provider", text),
-                ("region", text), ("amount", integer), ("currency", text),
-                ("created_us", integer), ("updated_us", integer), ("version", integer),
-            )
-        )  # fmt: skip
+        types = {"id": uuid, "text": "text" if self.postgres else "TEXT", "integer": integer}
+        (key, key_kind), *others = _KINDS
+        columns = ", ".join(f"{column} {types[kind]} NOT NULL" for column, kind in others)
         statements = [
-            f"CREATE TABLE IF NOT EXISTS {self.name} (payment_id {uuid} PRIMARY KEY, {columns})"
+            f"CREATE TABLE IF NOT EXISTS {self.name} "
+            f"({key} {types[key_kind]} PRIMARY KEY, {columns})"
         ]
         index = f'"{self.table}_by' if self.postgres else f"{self.table}_by"
         quote = '"' if self.postgres else ""
