@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,6 +115,23 @@ def serve(database_url: str, tmp_path: Path) -> Iterator[ServerFactory]:
         yield factory
     finally:
         factory.close()
+
+
+@contextlib.contextmanager
+def opened_stores(url: str, sandbox_url: str) -> Iterator[Callable[[], Payments]]:
+    """Opens the server's store from the test, as a fresh application each time (so what it
+    reads is what was committed, not what an earlier read cached); closes them all after."""
+    opened: list[Payments] = []
+
+    def open_store() -> Payments:
+        opened.append(build_payments(url, load_router(None, sandbox_url)))
+        return opened[-1]
+
+    try:
+        yield open_store
+    finally:
+        for app in opened:
+            app.close()
 
 
 def free_port() -> int:

@@ -23,6 +23,7 @@ from orchestrator.application import Payments
 from orchestrator.bootstrap import build_payments, load_router
 from orchestrator.domain.command import command_id, payment_id_for
 from orchestrator.domain.payment import Payment, Status
+from tests.e2e.conftest import opened_stores
 from tests.e2e.helpers import create_request, error_reason, wait_at_the_sandbox, wait_until
 from tests.e2e.processes import ServerProcess
 
@@ -65,17 +66,8 @@ def exits_within(server: ServerProcess, seconds: float) -> tuple[int, float]:
 
 @pytest.fixture
 def store(database_url: str, sandbox: SandboxServer) -> Iterator[Callable[[], Payments]]:
-    """Opens the server's store from the test, as a fresh application each time (so what it
-    reads is what was committed, not what an earlier read cached)."""
-    opened: list[Payments] = []
-
-    def open_store() -> Payments:
-        opened.append(build_payments(database_url, load_router(None, sandbox.url)))
-        return opened[-1]
-
-    yield open_store
-    for app in opened:
-        app.close()
+    with opened_stores(database_url, sandbox.url) as open_store:
+        yield open_store
 
 
 def test_sigterm_under_load_lets_calls_in_flight_record_their_outcome_and_refuses_new_ones(

@@ -17,9 +17,9 @@ import pytest
 
 from adapters.sandbox import SandboxServer, new_webhook_secret
 from orchestrator.application import Payments
-from orchestrator.bootstrap import build_payments, load_router
 from orchestrator.domain.command import command_id, payment_id_for
 from orchestrator.domain.payment import Payment
+from tests.e2e.conftest import opened_stores
 from tests.e2e.helpers import create_request, wait_until
 from tests.e2e.processes import ServerProcess
 
@@ -57,15 +57,8 @@ def secret(sandbox: SandboxServer) -> Iterator[str]:
 
 @pytest.fixture
 def store(postgres_url: str, sandbox: SandboxServer) -> Iterator[Callable[[], Payments]]:
-    opened: list[Payments] = []
-
-    def open_store() -> Payments:
-        opened.append(build_payments(postgres_url, load_router(None, sandbox.url)))
-        return opened[-1]
-
-    yield open_store
-    for app in opened:
-        app.close()
+    with opened_stores(postgres_url, sandbox.url) as open_store:
+        yield open_store
 
 
 def serve(

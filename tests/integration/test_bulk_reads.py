@@ -4,6 +4,7 @@ SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from uuid import uuid4
 
@@ -20,16 +21,22 @@ pytestmark = pytest.mark.timeout(60)
 CAUSE = Cause("default", "key-0")
 
 
-@pytest.fixture
-def apps(database_url: str) -> Iterator[tuple[Payments, Payments]]:
+@contextlib.contextmanager
+def replicas(url: str) -> Iterator[tuple[Payments, Payments]]:
     """Two replicas of one store: each has its own aggregate cache."""
-    first = build_payments(database_url, Router({}, {}))
-    second = build_payments(database_url, Router({}, {}))
+    first = build_payments(url, Router({}, {}))
+    second = build_payments(url, Router({}, {}))
     try:
         yield first, second
     finally:
         first.close()
         second.close()
+
+
+@pytest.fixture
+def apps(database_url: str) -> Iterator[tuple[Payments, Payments]]:
+    with replicas(database_url) as both:
+        yield both
 
 
 def as_read(payment: Payment) -> tuple[object, ...]:

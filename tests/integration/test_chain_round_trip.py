@@ -18,8 +18,7 @@ from eventsourcing.persistence import IntegrityError, Tracking
 from orchestrator.application import Payments
 from orchestrator.audit.chain import GUESSES, KnownHead
 from orchestrator.audit.verify import verify
-from orchestrator.bootstrap import build_payments
-from orchestrator.routing import Router
+from tests.integration.test_bulk_reads import replicas
 from tests.integration.test_group_commit import intent
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(60)]
@@ -27,14 +26,8 @@ pytestmark = [pytest.mark.postgres, pytest.mark.timeout(60)]
 
 @pytest.fixture
 def apps(postgres_url: str) -> Iterator[tuple[Payments, Payments]]:
-    """Two replicas on one database."""
-    first = build_payments(postgres_url, Router({}, {}))
-    second = build_payments(postgres_url, Router({}, {}))
-    try:
-        yield first, second
-    finally:
-        first.close()
-        second.close()
+    with replicas(postgres_url) as both:
+        yield both
 
 
 def known_head(app: Payments) -> KnownHead:
