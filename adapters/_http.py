@@ -5,16 +5,24 @@ Provider wire formats stay in each adapter; this module knows none of them."""
 from __future__ import annotations
 
 import email.utils
+import http.client
+import json
 import logging
+import select
+import socket
+import ssl
 import threading
 import time
 import weakref
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import cache
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Self
+from urllib.parse import unquote, urlencode, urlsplit
+from urllib.request import getproxies_environment, proxy_bypass
 
-import httpx
+import certifi
 
 from adapters._webhooks import no_secret
 from orchestrator.ports import (
@@ -23,32 +31,206 @@ from orchestrator.ports import (
     WebhookEvent,
     WebhookVerifier,
 )
+from orchestrator.tracing import client_span
 
 JSONObject = dict[str, object]
-
-# Raised before a single byte of the request left: the provider cannot have acted on it.
-NOT_SENT: Final = (
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
-    httpx.PoolTimeout,
-    httpx.UnsupportedProtocol,
-)
-
-
-# A thread has one request in flight; a second connection covers one the provider is closing.
-_PER_THREAD: Final = httpx.Limits(max_connections=2, max_keepalive_connections=1)
 
 
 class MalformedAnswerError(Exception):
     """The provider's answer does not have the shape we rely on."""
 
 
+class Answer:
+    """A provider's HTTP answer, read whole: its status, its headers (names in lower case)
+    and its body."""
+
+    __slots__ = ("content", "headers", "status_code")
+
+    def __init__(self, status_code: int, headers: Mapping[str, str], content: bytes = b"") -> None:
+        self.status_code = status_code
+        self.headers = {name.lower(): value for name, value in headers.items()}
+        self.content = content
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status_code < 300
+
+    def json(self) -> object:
+        """The body as JSON; ``ValueError`` when it is not."""
+        return json.loads(self.content)
+
+    @classmethod
+    def of_json(
+        cls, status_code: int, body: object, headers: Mapping[str, str] | None = None
+    ) -> Answer:
+        """An answer with a JSON body (tests build the answers they classify with it)."""
+        return cls(status_code, headers or {}, json.dumps(body).encode())
+
+
+class _Failed(Exception):
+    """A request that failed, named as our logs and errors name it (``ConnectError``,
+    ``ReadTimeout``...); ``sent``: whether any byte of it may have left."""
+
+    def __init__(self, name: str, *, sent: bool) -> None:
+        super().__init__(name)
+        self.name, self.sent = name, sent
+
+
+@cache
+def default_tls() -> ssl.SSLContext:
+    """The TLS context provider calls verify with: certifi's CA bundle (as httpx used), or
+    OpenSSL's own store when ``SSL_CERT_FILE``/``SSL_CERT_DIR`` name one. Made once per
+    process: loading a bundle takes tens of ms."""
+    import os
+
+    if os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+class _Origin:
+    """Where a provider's requests go: its scheme, host and port, through the proxy the
+    standard variables (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``) name for it, if any.
+    Through a proxy, a tunnel (``CONNECT``) carries the request, TLS inside it end to end."""
+
+    def __init__(self, base_url: str, tls: ssl.SSLContext | None) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"a provider base URL must be http(s)://host[:port][/path], not {base_url!r}"
+            )
+        self.https = parts.scheme == "https"
+        self.host = parts.hostname
+        self.port = parts.port or (443 if self.https else 80)
+        self.prefix = parts.path.rstrip("/")
+        # never the base URL's user:password, if one was written into it
+        self.url = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{self.prefix}"
+        self.tls = (tls or default_tls()) if self.https else None
+        self.proxy: tuple[str, int, dict[str, str]] | None = None
+        proxy = getproxies_environment().get(parts.scheme)
+        if proxy and not proxy_bypass(self.host):
+            self.proxy = _proxy(proxy)
+
+    def connection(self, connect_timeout: float) -> http.client.HTTPConnection:
+        """A new connection, not yet connected."""
+        host, port = (self.proxy[0], self.proxy[1]) if self.proxy else (self.host, self.port)
+        conn: http.client.HTTPConnection
+        if self.https:
+            conn = http.client.HTTPSConnection(
+                host, port, timeout=connect_timeout, context=self.tls
+            )
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=connect_timeout)
+        if self.proxy:
+            conn.set_tunnel(self.host, self.port, headers=self.proxy[2])
+        return conn
+
+
+def _proxy(url: str) -> tuple[str, int, dict[str, str]]:
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(
+            f"a proxy for provider calls must be http://host:port, not {parts.scheme}://..."
+        )
+    headers = {}
+    if parts.username is not None:
+        import base64
+
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        headers["Proxy-Authorization"] = "Basic " + base64.b64encode(pair).decode()
+    return parts.hostname, parts.port or 80, headers
+
+
+class _Connection:
+    """The one keep-alive connection a thread sends a provider's requests on: a thread
+    sends one request at a time, so a connection of its own never waits for another's."""
+
+    def __init__(self, origin: _Origin) -> None:
+        self.origin = origin
+        self.conn: http.client.HTTPConnection | None = None
+
+    def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
+
+    def request(
+        self, method: str, target: str, body: bytes | None, headers: Mapping[str, str], *,
+        timeout: float, connect_timeout: float,
+    ) -> Answer:  # fmt: skip
+        conn = self._connected(connect_timeout)
+        assert conn.sock is not None
+        try:
+            conn.sock.settimeout(timeout)
+            conn.request(method, target, body=body, headers=dict(headers))
+        except OSError as exc:
+            self.close()
+            raise _Failed(
+                "WriteTimeout" if isinstance(exc, TimeoutError) else "WriteError", sent=True
+            ) from exc
+        try:
+            response = conn.getresponse()
+            content = response.read()
+        except TimeoutError as exc:
+            self.close()
+            raise _Failed("ReadTimeout", sent=True) from exc
+        except (http.client.HTTPException, ConnectionError) as exc:
+            # the connection ended, or what came back is not HTTP: after the request left
+            self.close()
+            closed = isinstance(exc, http.client.HTTPException)
+            raise _Failed("RemoteProtocolError" if closed else "ReadError", sent=True) from exc
+        except OSError as exc:
+            self.close()
+            raise _Failed("ReadError", sent=True) from exc
+        if response.will_close:
+            self.close()
+        return Answer(response.status, _headers(response.getheaders()), content)
+
+    def _connected(self, connect_timeout: float) -> http.client.HTTPConnection:
+        """The thread's connection, connected; a kept one the provider has closed (its socket
+        reads EOF, or anything at all between answers) is replaced. Nothing of the request
+        has left while this raises."""
+        if self.conn is not None and self.conn.sock is not None and _readable(self.conn.sock):
+            self.close()
+        if self.conn is None or self.conn.sock is None:
+            self.close()
+            conn = self.origin.connection(connect_timeout)
+            try:
+                conn.connect()
+            except TimeoutError as exc:
+                conn.close()
+                raise _Failed("ConnectTimeout", sent=False) from exc
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                raise _Failed("ConnectError", sent=False) from exc
+            self.conn = conn
+        return self.conn
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether a kept connection has something to read between answers: its end (EOF, a
+    reset) or bytes no request asked for. ``poll``: ``select`` fails past descriptor 1023."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _headers(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """Header names in lower case; a repeated header's values joined with ", "."""
+    headers: dict[str, str] = {}
+    for given, value in pairs:
+        name = given.lower()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers
+
+
 class ProviderHttp:
-    """One provider's HTTP client. Each thread that calls the provider gets a small pool of
-    its own (a thread sends one request at a time): one pool shared by every gRPC worker
-    made each request wait for the pool's lock, and scan every idle connection with a
-    ``poll`` under it (bench/README.md: 18 % of a create's time on that lock). An injected
-    ``client`` is shared as given."""
+    """One provider's HTTP client, on the standard library's HTTP/1.1 connections: each
+    thread that calls the provider keeps one keep-alive connection of its own (a thread
+    sends one request at a time). It tells "certainly not sent" (the connection, its TLS
+    handshake or its proxy tunnel failed: ``ProviderNotReached``) from "sent, outcome
+    unknown" (anything after the first byte: ``ProviderOutcomeUnknown``). httpx did the
+    same at three times the CPU per call (bench/README.md)."""
 
     def __init__(
         self,
@@ -57,72 +239,81 @@ class ProviderHttp:
         *,
         connect_timeout: float = 1.0,
         honors_idempotency_keys: bool = True,
-        client: httpx.Client | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.provider = provider
-        self.base_url = base_url.rstrip("/")
+        self._origin = _Origin(base_url, tls)
+        self.base_url = self._origin.url
         self.connect_timeout = connect_timeout
         self.honors_idempotency_keys = honors_idempotency_keys
-        self._shared = client
-        # made once: loading the CA bundle takes tens of ms, a client with this context 1 ms
-        self._tls = None if client is not None else httpx.create_ssl_context()
         self._local = threading.local()
-        # weakly: a thread that ends takes its client with it (its sockets close on collection)
-        self._owned: weakref.WeakSet[httpx.Client] = weakref.WeakSet()
+        # weakly: a thread that ends takes its connection with it (closed on collection)
+        self._owned: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._closed = False
         self._lock = threading.Lock()
         self.log = logging.getLogger(f"payorch.adapters.{provider}")
-        if client is None:
-            # The process's first client takes 15 ms (httpx's lazy imports), the next ones
-            # 0.2 ms: paid here, at start-up, not between a payment's intent and its call.
-            self._client()
 
     def close(self) -> None:
-        """Closes the clients it made (not an injected one); no request is sent after."""
+        """Closes every thread's connection; no request is sent after."""
         with self._lock:
             self._closed = True
             owned = list(self._owned)
-        for client in owned:
-            client.close()
+        for connection in owned:
+            connection.close()
 
-    def _client(self) -> httpx.Client:
-        if self._shared is not None:
-            return self._shared
-        client: httpx.Client | None = getattr(self._local, "client", None)
-        if client is None:
+    def _connection(self) -> _Connection:
+        connection: _Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
             with self._lock:
                 if self._closed:
                     raise RuntimeError(f"the HTTP client of {self.provider} is closed")
-                client = httpx.Client(limits=_PER_THREAD, verify=self._tls or True)
-                self._owned.add(client)
-            self._local.client = client
-        return client
+                connection = _Connection(self._origin)
+                self._owned.add(connection)
+            self._local.connection = connection
+        elif self._closed:
+            raise RuntimeError(f"the HTTP client of {self.provider} is closed")
+        return connection
 
     def send(
-        self, method: str, path: str, *, timeout: float, what: str, key: str = "", **kwargs: Any
-    ) -> httpx.Response:
-        """Sends the request within ``timeout`` seconds. A failure before sending raises
-        ``ProviderNotReached``; after sending, ``ProviderOutcomeUnknown``, which asks for a
-        lookup first where the provider would not deduplicate a re-sent request."""
+        self,
+        method: str,
+        path: str,
+        *,
+        timeout: float,
+        what: str,
+        key: str = "",
+        json: object = None,
+        content: bytes | str | None = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Answer:
+        """Sends the request within ``timeout`` seconds per step (connecting within the
+        connect timeout). A failure before sending raises ``ProviderNotReached``; after
+        sending, ``ProviderOutcomeUnknown``, which asks for a lookup first where the provider
+        would not deduplicate a re-sent request."""
         started = time.monotonic()
+        target = self._origin.prefix + path + (f"?{urlencode(params)}" if params else "")
+        body, sent_headers = _body(json, content), dict(headers or {})
+        if json is not None:
+            sent_headers.setdefault("Content-Type", "application/json")
+        connection = self._connection()
         try:
-            response = self._client().request(
-                method,
-                self.base_url + path,
-                timeout=httpx.Timeout(timeout, connect=min(self.connect_timeout, timeout)),
-                **kwargs,
-            )
-        except NOT_SENT as exc:
-            self._log(what, key, type(exc).__name__, started)
-            raise ProviderNotReached(f"{self.provider} not reached: {type(exc).__name__}") from exc
-        except httpx.TransportError as exc:
-            self._log(what, key, type(exc).__name__, started)
+            with client_span(method, self.base_url + target, sent_headers) as traced:
+                answer = connection.request(
+                    method, target, body, sent_headers,
+                    timeout=timeout, connect_timeout=min(self.connect_timeout, timeout),
+                )  # fmt: skip
+                traced(answer.status_code)
+        except _Failed as exc:
+            self._log(what, key, exc.name, started)
+            if not exc.sent:
+                raise ProviderNotReached(f"{self.provider} not reached: {exc.name}") from exc
             raise ProviderOutcomeUnknown(
-                f"{self.provider} outcome unknown: {type(exc).__name__} after sending",
+                f"{self.provider} outcome unknown: {exc.name} after sending",
                 lookup_first=not self.honors_idempotency_keys,
             ) from exc
-        self._log(what, key, str(response.status_code), started, quiet=response.status_code < 500)
-        return response
+        self._log(what, key, str(answer.status_code), started, quiet=answer.status_code < 500)
+        return answer
 
     def _log(self, what: str, key: str, result: str, started: float, quiet: bool = False) -> None:
         # Never headers (credentials) nor bodies (personal data): the operation, its key,
@@ -132,6 +323,14 @@ class ProviderHttp:
             "%s %s key=%s -> %s in %.1f ms",
             self.provider, what, key, result, (time.monotonic() - started) * 1000,
         )  # fmt: skip
+
+
+def _body(json_body: object, content: bytes | str | None) -> bytes | None:
+    if json_body is not None:
+        return json.dumps(json_body, separators=(",", ":")).encode()
+    if isinstance(content, str):
+        return content.encode()
+    return content
 
 
 class HttpAdapter:
@@ -169,7 +368,7 @@ class HttpAdapter:
         self.close()
 
 
-def retry_after(response: httpx.Response) -> float | None:
+def retry_after(response: Answer) -> float | None:
     """The Retry-After header of an answer, in seconds."""
     return retry_after_header(response.headers)
 
@@ -191,7 +390,7 @@ def retry_after_header(headers: Mapping[str, str]) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def json_object(response: httpx.Response) -> JSONObject:
+def json_object(response: Answer) -> JSONObject:
     try:
         value: object = response.json()
     except ValueError as exc:

@@ -136,8 +136,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.log_format not in LOG_FORMATS:  # from the environment: argparse checks the flag
         parser.error(f"PAYORCH_LOG_FORMAT: choose from {', '.join(LOG_FORMATS)}")
     configure_logging(args.log_level, args.log_format)
-    # httpx logs every request at INFO: our adapters log calls themselves, without URLs.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.command == "audit":
         return run_audit(args)
     if args.command == "admin":

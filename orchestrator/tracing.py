@@ -17,23 +17,24 @@ timeout, compression, certificate, sampler, batch sizes, resource attributes) is
 SDK from its own standard variables. ``service.name`` is ``payorch`` unless
 ``OTEL_SERVICE_NAME`` (or ``service.name`` in ``OTEL_RESOURCE_ATTRIBUTES``) says otherwise.
 
-When off, nothing of OpenTelemetry is imported, no interceptor is installed, httpx is not
-instrumented, and ``span`` returns one shared no-op context manager: the cost is a global
-read per span site (bench/metrics.py measures it).
+When off, nothing of OpenTelemetry is imported, no interceptor is installed, and ``span``
+and ``client_span`` return shared no-op context managers: the cost is a global read per span
+site (bench/metrics.py measures it).
 
 What is put on spans: the gRPC method and status code, ``payment.id``, ``payment.provider``,
-``payment.operation``, and, from the httpx instrumentation, the method, URL (credentials
-and signed query values redacted by it; our adapters put no secret in a URL), and status of
-each provider request. Never headers (captured header values are forced to be redacted even
-if ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_*`` asks for them), bodies, card data, tokens,
-provider keys, exception messages or the caller's gRPC metadata (only ``traceparent`` and
-``tracestate`` are read from it).
+``payment.operation``, and for each provider request (``client_span``, a CLIENT span that
+sends its ``traceparent`` on to the provider) the method, the URL without its query, the
+server's address and port, and the answer's status. Never header values (the request headers
+``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST`` names are recorded by name, their
+values always redacted), bodies, card data, tokens, provider keys, exception messages or the
+caller's gRPC metadata (only ``traceparent`` and ``tracestate`` are read from it).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, Final
@@ -54,7 +55,15 @@ SUPPORTED_PROTOCOL: Final = "http/protobuf"
 UNTRACED_PREFIXES: Final = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _OFF: Final[AbstractContextManager[None]] = nullcontext()
 _TRUE = ("true", "1", "yes", "on")
-_SANITIZE = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS"
+_CAPTURE = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST"
+_REDACTED: Final = ("[REDACTED]",)
+
+
+def _ignore(status: int) -> None:
+    pass
+
+
+_UNTRACED_CALL: Final[AbstractContextManager[Callable[[int], None]]] = nullcontext(_ignore)
 
 
 class TracingSettingsError(ValueError):
@@ -99,9 +108,11 @@ class Tracing:
     """The process's tracer provider and what it installed; ``shutdown`` exports what is
     left and uninstalls it."""
 
-    def __init__(self, provider: TracerProvider, tracer: Tracer, uninstrument: Callable[[], None]):
+    def __init__(
+        self, provider: TracerProvider, tracer: Tracer, captured: re.Pattern[str] | None = None
+    ):
         self.provider, self.tracer = provider, tracer
-        self._uninstrument = uninstrument
+        self.captured = captured  # the request header names put on client spans (redacted)
 
     def interceptor(self) -> TracingInterceptor:
         return TracingInterceptor(self.tracer)
@@ -110,12 +121,11 @@ class Tracing:
         """Exports the spans still queued (within the exporter's timeout), then stops."""
         if _Process.tracing is self:
             _Process.tracing = None
-        self._uninstrument()
         self.provider.shutdown()
 
 
 class _Process:
-    """What this process installed: at most one ``Tracing`` (httpx is patched process-wide)."""
+    """What this process installed: at most one ``Tracing``."""
 
     tracing: Tracing | None = None
 
@@ -134,7 +144,6 @@ def configure(
         return None
     if _Process.tracing is not None:
         raise RuntimeError("tracing is already configured in this process")
-    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
@@ -154,20 +163,9 @@ def configure(
         exporter = OTLPSpanExporter()  # endpoint, headers, timeout: from the OTEL_* variables
         processor = processor or BatchSpanProcessor
     provider.add_span_processor((processor or SimpleSpanProcessor)(exporter))
-    # Header values the instrumentation may be asked to capture could be credentials: it
-    # reads which to redact from the environment, once, when it instruments.
-    asked = os.environ.get(_SANITIZE)
-    os.environ[_SANITIZE] = ".*"
-    instrumentor = HTTPXClientInstrumentor()
-    try:
-        instrumentor.instrument(tracer_provider=provider)
-    finally:
-        if asked is None:
-            del os.environ[_SANITIZE]
-        else:
-            os.environ[_SANITIZE] = asked
     tracer = provider.get_tracer("payorch")
-    tracing = Tracing(provider, tracer, instrumentor.uninstrument)
+    # read from the process's environment, as OpenTelemetry's instrumentations read it
+    tracing = Tracing(provider, tracer, _captured(os.environ.get(_CAPTURE, "")))
     _Process.tracing = tracing
     log.info("tracing on: spans exported with %s", type(exporter).__name__)
     return tracing
@@ -196,6 +194,66 @@ def _recording(tracer: Tracer, name: str, attributes: Mapping[str, str]) -> Iter
         except BaseException as e:
             current.set_status(Status(StatusCode.ERROR, type(e).__name__))
             raise
+
+
+def client_span(
+    method: str, url: str, headers: dict[str, str]
+) -> AbstractContextManager[Callable[[int], None]]:
+    """A CLIENT span around one provider request to ``url`` (the span takes no query), child of
+    the current one; its ``traceparent`` is added to ``headers``, which are about to be sent.
+    Yields what to call with the answer's status. The shared no-op when tracing is off."""
+    tracing = _Process.tracing
+    if tracing is None:
+        return _UNTRACED_CALL
+    return _client_call(tracing, method, url, headers)
+
+
+@contextmanager
+def _client_call(
+    tracing: Tracing, method: str, url: str, headers: dict[str, str]
+) -> Iterator[Callable[[int], None]]:
+    from urllib.parse import urlsplit
+
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    parts = urlsplit(url)
+    attributes: dict[str, Any] = {
+        "http.request.method": method,
+        "url.full": url.split("?", 1)[0],
+        "server.address": parts.hostname or "",
+        "server.port": parts.port or (443 if parts.scheme == "https" else 80),
+    }
+    if tracing.captured is not None:
+        for name in headers:
+            if tracing.captured.fullmatch(name):
+                attributes[f"http.request.header.{name.lower()}"] = _REDACTED
+    with tracing.tracer.start_as_current_span(
+        method, kind=SpanKind.CLIENT, attributes=attributes, record_exception=False,
+        set_status_on_exception=False,
+    ) as current:  # fmt: skip
+        TraceContextTextMapPropagator().inject(headers)
+
+        def answered(status: int) -> None:
+            current.set_attribute("http.response.status_code", status)
+            if status >= 400:
+                current.set_status(Status(StatusCode.ERROR))
+
+        try:
+            yield answered
+        except BaseException as e:
+            current.set_attribute("error.type", type(e).__name__)
+            current.set_status(Status(StatusCode.ERROR, type(e).__name__))
+            raise
+
+
+def _captured(names: str) -> re.Pattern[str] | None:
+    """The header names ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST`` asks for
+    (comma-separated, each a regular expression, case-insensitive), as one pattern."""
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    if not wanted:
+        return None
+    return re.compile("|".join(f"(?:{n})" for n in wanted), re.IGNORECASE)
 
 
 def payment_attributes(payment_id: str, provider: str, operation: str) -> dict[str, str]:

@@ -15,6 +15,7 @@ operation, which for Adyen means "no evidence yet", never "certainly not process
 from __future__ import annotations
 
 import enum
+import ssl
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -22,9 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote
 
-import httpx
-
 from adapters._http import (
+    Answer,
     HttpAdapter,
     JSONObject,
     MalformedAnswerError,
@@ -173,7 +173,7 @@ _UNEXPECTED: Final = _Row(
 
 def classify(status: int, headers: Mapping[str, str], error: AdyenError | None) -> Classification:
     """What an HTTP answer from Adyen means for money: the first row of ``_ROWS`` that applies."""
-    hints = httpx.Headers(headers)
+    hints = {name.lower(): value for name, value in headers.items()}
     transient = hints.get("transient-error", "").strip().lower() == "true"
     code = error.error_code if error else ""
     row = next((r for r in _ROWS if r.applies(status, code, transient)), _UNEXPECTED)
@@ -259,7 +259,7 @@ class AdyenAdapter(HttpAdapter):
         connect_timeout: float = 1.0,
         notifications: AdyenNotifications | None = None,
         webhook_secrets: Sequence[Secret] = (),
-        client: httpx.Client | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if recurring_model not in RECURRING_MODELS:
             allowed = ", ".join(sorted(RECURRING_MODELS))
@@ -280,7 +280,7 @@ class AdyenAdapter(HttpAdapter):
             base_url,
             connect_timeout=connect_timeout,
             honors_idempotency_keys=self.honors_idempotency_keys,
-            client=client,
+            tls=tls,
         )
 
     # --- the port -------------------------------------------------------------------------------
@@ -368,7 +368,7 @@ def _reader(
     return lambda answer: outcome(answer, operation)
 
 
-def _interpret(response: httpx.Response, read: Reader) -> ProviderOutcome:
+def _interpret(response: Answer, read: Reader) -> ProviderOutcome:
     status = response.status_code
     error = None if 200 <= status < 300 else parse_error(response)
     verdict = classify(status, response.headers, error)

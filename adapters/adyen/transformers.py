@@ -18,9 +18,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-import httpx
-
 from adapters._http import (
+    Answer,
     JSONObject,
     MalformedAnswerError,
     as_object,
@@ -274,7 +273,7 @@ class AdyenError:
     psp_reference: str = ""
 
 
-def parse_error(response: httpx.Response) -> AdyenError | None:
+def parse_error(response: Answer) -> AdyenError | None:
     """The error body of a non-2xx answer; None when it has none (a proxy's HTML page...)."""
     try:
         body = json_object(response)

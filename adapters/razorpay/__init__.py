@@ -20,14 +20,19 @@ Wire format, status mapping and error parsing live in ``transformers``; only
 from __future__ import annotations
 
 import base64
+import ssl
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import quote
 
-import httpx
-
-from adapters._http import HttpAdapter, JSONObject, MalformedAnswerError, ProviderHttp, json_object
+from adapters._http import (
+    HttpAdapter,
+    JSONObject,
+    MalformedAnswerError,
+    ProviderHttp,
+    json_object,
+)
 from adapters._webhooks import webhook_secrets
 from adapters.razorpay.transformers import (
     NOTE_REASON,
@@ -109,7 +114,7 @@ class RazorpayAdapter(HttpAdapter):
         name: str = "razorpay",
         connect_timeout: float = 1.0,
         webhook_secrets: Sequence[Secret] = (),
-        client: httpx.Client | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.name = name
         self.honors_idempotency_keys = False
@@ -121,7 +126,7 @@ class RazorpayAdapter(HttpAdapter):
             base_url,
             connect_timeout=connect_timeout,
             honors_idempotency_keys=False,
-            client=client,
+            tls=tls,
         )
 
     def __repr__(self) -> str:

@@ -17,9 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, NoReturn
 
-import httpx
-
 from adapters._http import (
+    Answer,
     JSONObject,
     MalformedAnswerError,
     as_object,
@@ -110,7 +109,7 @@ def parse_error(body: object) -> RazorpayError | None:
     )
 
 
-def error_of(response: httpx.Response) -> RazorpayError | None:
+def error_of(response: Answer) -> RazorpayError | None:
     try:
         body: object = response.json()
     except ValueError:

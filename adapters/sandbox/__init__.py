@@ -8,13 +8,13 @@ charge twice, a wrong "unknown" only costs a lookup.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import quote
 
-import httpx
-
 from adapters._http import (
+    Answer,
     HttpAdapter,
     JSONObject,
     MalformedAnswerError,
@@ -69,7 +69,7 @@ class SandboxAdapter(HttpAdapter):
         honors_idempotency_keys: bool = True,
         webhook_secrets: Sequence[Secret] = (),
         webhook_tolerance: float = DEFAULT_TOLERANCE,
-        client: httpx.Client | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.name = name
         self._webhooks = (
@@ -86,7 +86,7 @@ class SandboxAdapter(HttpAdapter):
             base_url,
             connect_timeout=connect_timeout,
             honors_idempotency_keys=honors_idempotency_keys,
-            client=client,
+            tls=tls,
         )
 
     # --- the port ---------------------------------------------------------------------------
@@ -174,7 +174,7 @@ class SandboxAdapter(HttpAdapter):
         timeout: float,
         body: JSONObject | None = None,
         params: dict[str, str] | None = None,
-    ) -> httpx.Response:
+    ) -> Answer:
         what = operation.kind.value if method == "POST" else f"lookup:{operation.kind.value}"
         headers = {"Idempotency-Key": operation.provider_key} if method == "POST" else {}
         return self._http.send(
@@ -193,7 +193,7 @@ class SandboxAdapter(HttpAdapter):
 
 
 def _interpret(
-    response: httpx.Response, operation: ProviderOperation, read_success: SuccessReader
+    response: Answer, operation: ProviderOperation, read_success: SuccessReader
 ) -> ProviderOutcome:
     code = response.status_code
     if code == 429:
@@ -220,7 +220,7 @@ def _interpret(
     raise ProviderOutcomeUnknown(f"sandbox answered HTTP {code}")
 
 
-def _client_error(code: int, response: httpx.Response) -> ProviderOutcome:
+def _client_error(code: int, response: Answer) -> ProviderOutcome:
     error = _error_object(response)
     kind = error.get("type")
     message = optional_str(error, "message") or f"sandbox answered HTTP {code}"
@@ -239,7 +239,7 @@ def _client_error(code: int, response: httpx.Response) -> ProviderOutcome:
     return ProviderOutcome(OutcomeStatus.FAILED, message=message)
 
 
-def _error_object(response: httpx.Response) -> JSONObject:
+def _error_object(response: Answer) -> JSONObject:
     """The ``error`` member of an error answer; empty when there is none."""
     try:
         error = json_object(response).get("error")

@@ -18,15 +18,15 @@ safe either way.
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Final, TypeVar
 from urllib.parse import quote
 
-import httpx
-
 from adapters._http import (
+    Answer,
     HttpAdapter,
     JSONObject,
     MalformedAnswerError,
@@ -109,7 +109,7 @@ class StripeAdapter(HttpAdapter):
         multicapture: bool = False,
         webhook_secrets: Sequence[Secret] = (),
         webhook_tolerance: float = DEFAULT_TOLERANCE,
-        client: httpx.Client | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.name = name
         self._secret = secret_key
@@ -124,7 +124,7 @@ class StripeAdapter(HttpAdapter):
         self._multicapture = multicapture
         self._http = ProviderHttp(
             name, base_url, connect_timeout=connect_timeout, honors_idempotency_keys=True,
-            client=client,
+            tls=tls,
         )  # fmt: skip
 
     # --- the port ---------------------------------------------------------------------------
@@ -257,7 +257,7 @@ class StripeAdapter(HttpAdapter):
         deadline: float,
         step: str = "",
         what: str = "",
-    ) -> httpx.Response:
+    ) -> Answer:
         """POST under the key of this ``step`` of the operation (the first: no step)."""
         key = idempotency_key(operation.provider_key, step)
         what = what or (f"{operation.kind.value}:{step}" if step else operation.kind.value)
@@ -312,9 +312,7 @@ def _remaining(deadline: float, what: str) -> float:
     return remaining
 
 
-def _outcome(
-    response: httpx.Response, read: Callable[[JSONObject], ProviderOutcome]
-) -> ProviderOutcome:
+def _outcome(response: Answer, read: Callable[[JSONObject], ProviderOutcome]) -> ProviderOutcome:
     answer = _object_or_outcome(response)
     if isinstance(answer, ProviderOutcome):
         return answer
@@ -334,7 +332,7 @@ def _malformed(exc: MalformedAnswerError) -> ProviderOutcomeUnknown:
     return ProviderOutcomeUnknown(f"stripe answer malformed: {exc}", lookup_first=True)
 
 
-def _object_or_outcome(response: httpx.Response) -> JSONObject | ProviderOutcome:
+def _object_or_outcome(response: Answer) -> JSONObject | ProviderOutcome:
     """The answer's object when Stripe did what was asked; the final outcome when it
     refused; an exception when the outcome is not known."""
     error = None if response.is_success else parse_error(response)
@@ -368,7 +366,7 @@ def _settle(verdict: Classification, error: StripeError) -> ProviderOutcome:
     )  # fmt: skip
 
 
-def _lookup_answer(response: httpx.Response) -> JSONObject | None:
+def _lookup_answer(response: Answer) -> JSONObject | None:
     error = None if response.is_success else parse_error(response)
     if response.status_code == 404 and error is not None and error.code == "resource_missing":
         return None

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from typing import Final, TypeAlias
 from urllib.parse import urlencode
 
-import httpx
-
 from adapters._http import (
+    Answer,
     JSONObject,
     MalformedAnswerError,
     as_object,
@@ -200,7 +199,7 @@ class StripeError:
     payment_intent: str = ""  # id of the PaymentIntent a card error concerns
 
 
-def parse_error(response: httpx.Response) -> StripeError | None:
+def parse_error(response: Answer) -> StripeError | None:
     try:
         error = json_object(response).get("error")
     except MalformedAnswerError:

@@ -56,7 +56,6 @@ def make_adapter(
         merchant_account=options.pop("merchant_account", adyen.MERCHANT_ACCOUNT),
         return_url=RETURN_URL,
         notifications=options.pop("notifications", env.notifications),
-        client=http,
         **options,
     )
 
@@ -316,10 +315,9 @@ def test_keys_are_scoped_to_the_company_account(http: httpx.Client) -> None:
             api_key=Secret(adyen.API_KEY, "t"),
             merchant_account=adyen.MERCHANT_ACCOUNT,
             return_url=RETURN_URL,
-            client=http,
         )
         theirs = AdyenAdapter(f"{emulator.url}/v71", api_key=Secret(other.api_key, "t"),
-                              merchant_account="OtherMerchant", return_url=RETURN_URL, client=http)  # fmt: skip
+                              merchant_account="OtherMerchant", return_url=RETURN_URL)  # fmt: skip
         a = ours.authorize(authorize_op("same-key"), timeout=TIMEOUT)
         b = theirs.authorize(authorize_op("same-key"), timeout=TIMEOUT)
         assert a.provider_reference != b.provider_reference
@@ -527,7 +525,7 @@ def test_a_timeout_is_unknown_and_a_re_send_with_the_key_settles_it(
 
 def test_a_closed_port_is_not_reached(http: httpx.Client) -> None:
     adapter = AdyenAdapter("http://127.0.0.1:9/v71", api_key=Secret("k", "t"), merchant_account="m",
-                           return_url=RETURN_URL, client=http)  # fmt: skip
+                           return_url=RETURN_URL)  # fmt: skip
     with pytest.raises(ProviderNotReached, match="ConnectError") as raised:
         adapter.authorize(authorize_op(), timeout=TIMEOUT)
     assert raised.value.breaker_failure is True

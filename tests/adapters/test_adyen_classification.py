@@ -230,7 +230,7 @@ def emulator() -> Iterator[AdyenEmulator]:
 def adapter_at(url: str, client: httpx.Client) -> AdyenAdapter:
     return AdyenAdapter(
         f"{url}/v71", api_key=Secret(adyen.API_KEY, "test"), merchant_account=adyen.MERCHANT_ACCOUNT,
-        return_url="https://shop.example/return", client=client,
+        return_url="https://shop.example/return",
     )  # fmt: skip
 
 

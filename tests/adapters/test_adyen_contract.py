@@ -10,7 +10,6 @@ from __future__ import annotations
 import ssl
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from adapters.adyen import AdyenAdapter
@@ -29,15 +28,14 @@ class TestAdyenContract(ProviderContract):
 
     @pytest.fixture
     def provider(self, running: Running) -> Iterator[AdyenAdapter]:
-        with httpx.Client(verify=TLS) as client:
-            yield AdyenAdapter(
-                f"{running.emulator.url}/v71",
-                api_key=Secret(adyen.API_KEY, "test"),
-                merchant_account=adyen.MERCHANT_ACCOUNT,
-                return_url="https://shop.example/return",
-                notifications=running.notifications,
-                client=client,
-            )
+        with AdyenAdapter(
+            f"{running.emulator.url}/v71",
+            api_key=Secret(adyen.API_KEY, "test"),
+            merchant_account=adyen.MERCHANT_ACCOUNT,
+            return_url="https://shop.example/return",
+            notifications=running.notifications,
+        ) as adapter:
+            yield adapter
 
     @pytest.fixture
     def emulator(self, running: Running) -> AdyenEmulator:

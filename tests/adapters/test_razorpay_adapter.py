@@ -61,9 +61,7 @@ def http() -> Iterator[httpx.Client]:
 
 
 def make_adapter(url: str, http: httpx.Client, secret: str = KEY_SECRET) -> RazorpayAdapter:
-    return RazorpayAdapter(
-        Secret(KEY_ID, "test"), Secret(secret, "test"), base_url=url, client=http
-    )
+    return RazorpayAdapter(Secret(KEY_ID, "test"), Secret(secret, "test"), base_url=url)
 
 
 @pytest.fixture

@@ -329,7 +329,7 @@ def http() -> Iterator[httpx.Client]:
 
 
 def adapter_at(url: str, http: httpx.Client) -> RazorpayAdapter:
-    return RazorpayAdapter(Secret(KEY_ID, "t"), Secret(KEY_SECRET, "t"), base_url=url, client=http)
+    return RazorpayAdapter(Secret(KEY_ID, "t"), Secret(KEY_SECRET, "t"), base_url=url)
 
 
 def authorize_op() -> ProviderOperation:

@@ -50,7 +50,7 @@ def http() -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def adapter(server: SandboxServer, http: httpx.Client) -> SandboxAdapter:
-    return SandboxAdapter(server.url, client=http)
+    return SandboxAdapter(server.url)
 
 
 def authorize_op(key: str = "key-auth", **overrides: Any) -> ProviderOperation:
@@ -160,7 +160,7 @@ def canned(http: httpx.Client) -> Iterator[Canned]:
 
     def answering(status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> Any:
         httpd.answer = (status, {"Content-Type": "application/json", **(headers or {})}, body)
-        return SandboxAdapter(f"http://127.0.0.1:{httpd.server_address[1]}", client=http)
+        return SandboxAdapter(f"http://127.0.0.1:{httpd.server_address[1]}")
 
     yield answering
     httpd.shutdown()
@@ -172,9 +172,9 @@ def canned(http: httpx.Client) -> Iterator[Canned]:
 
 
 def test_adapter_is_a_payment_provider(server: SandboxServer) -> None:
-    provider: PaymentProvider = SandboxAdapter(server.url, name="sandbox-eu", client=make_client())
+    provider: PaymentProvider = SandboxAdapter(server.url, name="sandbox-eu")
     assert provider.name == "sandbox-eu"
-    assert SandboxAdapter(server.url, client=make_client()).name == "sandbox"
+    assert SandboxAdapter(server.url).name == "sandbox"
 
 
 def test_authorize(adapter: SandboxAdapter, server: SandboxServer) -> None:
@@ -369,48 +369,12 @@ def test_key_reused_for_another_request_is_outcome_unknown(adapter: SandboxAdapt
 
 
 def test_closed_port_is_not_reached(http: httpx.Client) -> None:
-    adapter = SandboxAdapter(f"http://127.0.0.1:{free_port()}", client=http)
+    adapter = SandboxAdapter(f"http://127.0.0.1:{free_port()}")
     with pytest.raises(ProviderNotReached, match="ConnectError") as raised:
         adapter.authorize(authorize_op(), timeout=TIMEOUT)
     assert raised.value.retry_after is None
     with pytest.raises(ProviderNotReached):
         adapter.lookup(authorize_op(), timeout=TIMEOUT)
-
-
-def test_exhausted_pool_is_not_reached(server: SandboxServer, http: httpx.Client) -> None:
-    faults(server, http, timeout_rate=1, hang_ms=500)
-    with make_client(max_connections=1) as one_connection:
-        adapter = SandboxAdapter(server.url, client=one_connection)
-        held: list[BaseException] = []
-
-        def hold_the_only_connection() -> None:
-            try:
-                adapter.authorize(authorize_op("key-hold"), timeout=0.4)
-            except ProviderOutcomeUnknown as exc:
-                held.append(exc)
-
-        holder = threading.Thread(target=hold_the_only_connection)
-        holder.start()
-        time.sleep(0.1)  # let the holder take the connection; it keeps it for 0.4 s
-        with pytest.raises(ProviderNotReached, match="PoolTimeout"):
-            adapter.authorize(authorize_op("key-wait"), timeout=0.1)
-        holder.join()
-    assert len(held) == 1  # the holder itself timed out reading: outcome unknown
-    wait_for(lambda: len(server.state.payments()) == 1)
-    assert server.state.payments()[0]["idempotency_key"] == "key-hold"
-
-
-@pytest.mark.parametrize(
-    ("headers", "retry_after"),
-    [({"Retry-After": "3"}, 3.0), ({"Retry-After": "0.5"}, 0.5), ({}, None)],
-)
-def test_rate_limit_is_not_reached(
-    canned: Canned, headers: dict[str, str], retry_after: float | None
-) -> None:
-    adapter = canned(429, b'{"error": {"type": "rate_limit_error"}}', headers)
-    with pytest.raises(ProviderNotReached) as raised:
-        adapter.authorize(authorize_op(), timeout=TIMEOUT)
-    assert raised.value.retry_after == retry_after
 
 
 def test_rate_limit_with_http_date(canned: Canned) -> None:
@@ -564,32 +528,36 @@ def test_logs_name_the_call_but_not_the_card(
     assert "order-1" not in caplog.text
 
 
-def test_close_closes_only_an_owned_client(server: SandboxServer, http: httpx.Client) -> None:
-    SandboxAdapter(server.url, client=http).close()
-    assert not http.is_closed
+def test_close_closes_the_connections_and_refuses_later_calls(server: SandboxServer) -> None:
     with SandboxAdapter(server.url) as owned:
         assert owned.authorize(authorize_op(), timeout=TIMEOUT).status is OutcomeStatus.SUCCEEDED
+        connection = owned._http._connection()
+        assert connection.conn is not None  # kept alive after the answer
+    assert connection.conn is None
     with pytest.raises(RuntimeError, match="closed"):
         owned.authorize(authorize_op(), timeout=TIMEOUT)
 
 
-def test_each_thread_calls_the_provider_through_a_pool_of_its_own(server: SandboxServer) -> None:
-    # No gRPC worker waits for another's pool lock (bench/README.md); close() closes them all.
+def test_each_thread_calls_the_provider_on_a_connection_of_its_own(server: SandboxServer) -> None:
+    # No gRPC worker waits for another's connection (bench/README.md); close() closes them all.
     adapter = SandboxAdapter(server.url)
-    clients: dict[str, list[httpx.Client]] = {}
+    connections: dict[str, list[Any]] = {}
 
     def call(name: str) -> None:
         for n in range(2):
             adapter.authorize(authorize_op(f"key-{name}-{n}"), timeout=TIMEOUT)
-            clients.setdefault(name, []).append(adapter._http._client())
+            connection = adapter._http._connection()
+            assert connection.conn is not None
+            connections.setdefault(name, []).append((connection, connection.conn.sock))
 
     threads = [threading.Thread(target=call, args=(name,)) for name in ("a", "b")]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    (a1, a2), (b1, b2) = clients["a"], clients["b"]
-    assert a1 is a2 and b1 is b2  # kept alive within a thread
-    assert a1 is not b1
+    (a1, a2), (b1, b2) = connections["a"], connections["b"]
+    assert a1 == a2 and b1 == b2  # the same connection and socket, kept alive within a thread
+    assert a1[1] is not b1[1]
     adapter.close()
-    assert a1.is_closed and b1.is_closed
+    assert a1[0].conn is None and b1[0].conn is None
+    assert a1[1].fileno() == -1 and b1[1].fileno() == -1

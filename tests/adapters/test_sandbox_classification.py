@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from adapters._http import Answer
 from adapters.sandbox import _authorized, _interpret
 from orchestrator.ports import (
     OperationKind,
@@ -21,10 +22,8 @@ OP = ProviderOperation(
 PAYMENT = {"id": "sbx_pay_1", "status": "authorized", "amount_captured": 0}
 
 
-def answer(
-    status: int, body: object = None, headers: dict[str, str] | None = None
-) -> httpx.Response:
-    return httpx.Response(status, json=body if body is not None else {}, headers=headers)
+def answer(status: int, body: object = None, headers: dict[str, str] | None = None) -> Answer:
+    return Answer.of_json(status, body if body is not None else {}, headers)
 
 
 OUTCOMES = [
@@ -39,7 +38,7 @@ OUTCOMES = [
     ("response", "status", "decline"), [o[1:] for o in OUTCOMES], ids=[o[0] for o in OUTCOMES]
 )
 def test_definite_answers_are_outcomes(
-    response: httpx.Response, status: OutcomeStatus, decline: str
+    response: Answer, status: OutcomeStatus, decline: str
 ) -> None:
     outcome = _interpret(response, OP, _authorized)
     assert outcome.status is status
@@ -55,7 +54,7 @@ ERRORS = [
     ("429 backs off with Retry-After", answer(429, headers={"Retry-After": "2"}), ProviderNotReached, False, None, 2.0),
     ("409 key in flight: retry later", answer(409, {"error": {"type": "idempotency_error", "code": "request_in_progress"}}), ProviderOutcomeUnknown, False, False, None),
     ("400 idempotency_error: never guess", answer(400, {"error": {"type": "idempotency_error"}}), ProviderOutcomeUnknown, True, False, None),
-    ("200 with a body we cannot read", httpx.Response(200, content=b"not json"), ProviderOutcomeUnknown, True, False, None),
+    ("200 with a body we cannot read", Answer(200, {}, b"not json"), ProviderOutcomeUnknown, True, False, None),
 ]  # fmt: skip
 
 
@@ -65,7 +64,7 @@ ERRORS = [
     ids=[e[0] for e in ERRORS],
 )
 def test_uncertain_answers_raise_the_right_error(
-    response: httpx.Response, error: type[Exception], breaker_failure: bool,
+    response: Answer, error: type[Exception], breaker_failure: bool,
     lookup_first: bool | None, retry_after: float | None,
 ) -> None:  # fmt: skip
     with pytest.raises(error) as raised:

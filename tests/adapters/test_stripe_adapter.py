@@ -53,7 +53,7 @@ def http() -> Iterator[httpx.Client]:
 
 
 def make(url: str, http: httpx.Client, key: str = SECRET_KEY, **settings: Any) -> StripeAdapter:
-    return StripeAdapter(Secret(key, "test"), base_url=url, client=http, **settings)
+    return StripeAdapter(Secret(key, "test"), base_url=url, **settings)
 
 
 @pytest.fixture

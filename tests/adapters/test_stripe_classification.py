@@ -181,7 +181,7 @@ def emulator() -> Iterator[StripeEmulator]:
 
 
 def adapter_for(url: str, client: httpx.Client) -> StripeAdapter:
-    return StripeAdapter(Secret(SECRET_KEY, "test"), base_url=url, client=client)
+    return StripeAdapter(Secret(SECRET_KEY, "test"), base_url=url)
 
 
 def raised(adapter: StripeAdapter, timeout: float = 2.0) -> ProviderError:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ssl
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from adapters.stripe import StripeAdapter
@@ -32,11 +31,10 @@ class TestStripeContract(ProviderContract):
 
     @pytest.fixture
     def provider(self, emulator: StripeEmulator) -> Iterator[StripeAdapter]:
-        with httpx.Client(verify=TLS) as client:
-            yield StripeAdapter(
-                Secret(SECRET_KEY, "test"), base_url=emulator.url, multicapture=True,
-                client=client,
-            )  # fmt: skip
+        with StripeAdapter(
+            Secret(SECRET_KEY, "test"), base_url=emulator.url, multicapture=True
+        ) as adapter:
+            yield adapter
 
     @pytest.fixture
     def methods(self) -> PaymentMethods:
