@@ -1,19 +1,23 @@
 """``ProviderHttp``, the HTTP client every provider adapter sends through, against small real
-servers on loopback: a kept connection the provider closed, and the proxy the standard
+servers on loopback: a kept connection the provider closed, TLS, and the proxy the standard
 variables name."""
 
 from __future__ import annotations
 
 import select
 import socket
+import ssl
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
-from adapters._http import ProviderHttp
+from adapters._http import ProviderHttp, default_tls
 from orchestrator.ports import ProviderNotReached
+from tests.certs import Authority
 
 TIMEOUT = 2.0
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
@@ -162,3 +166,82 @@ def test_a_tunnel_the_proxy_refuses_is_not_reached(monkeypatch: pytest.MonkeyPat
         with pytest.raises(ProviderNotReached, match="ConnectError"):
             http.send("POST", "/a", timeout=TIMEOUT, what="t", json={})
         assert proxy.requests[0].startswith(b"CONNECT provider.invalid:8080 ")
+
+
+@pytest.fixture(scope="module")
+def authority() -> Authority:
+    return Authority("provider test CA")
+
+
+def tls_answering(authority: Authority) -> Callable[[Listener, socket.socket], None]:
+    """``keep_answering`` behind TLS, with a certificate for 127.0.0.1 from ``authority``."""
+    issued = authority.server_certificate()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory() as directory:
+        cert, key = issued.write(Path(directory), "provider")
+        context.load_cert_chain(cert, key)
+
+    def serve(listener: Listener, conn: socket.socket) -> None:
+        try:
+            wrapped = context.wrap_socket(conn, server_side=True)
+        except (ssl.SSLError, OSError):
+            listener.requests.append(b"refused TLS")
+            conn.close()
+            return
+        keep_answering(listener, wrapped)
+
+    return serve
+
+
+def trusting(authority: Authority) -> ssl.SSLContext:
+    return ssl.create_default_context(cadata=authority.pem.decode())
+
+
+def test_https_verifies_the_provider_against_the_ca_it_is_given(authority: Authority) -> None:
+    with listening(tls_answering(authority)) as provider:
+        url = f"https://127.0.0.1:{provider.port}"
+        http = ProviderHttp("p", url, tls=trusting(authority))
+        for path in ("/a", "/b"):
+            assert http.send("POST", path, timeout=TIMEOUT, what="t", json={}).status_code == 200
+        assert provider.accepted == 1  # one handshake, kept alive
+        http.close()
+        # The default trust (certifi's bundle) does not know this CA: the handshake fails,
+        # before any byte of the request left.
+        stranger = ProviderHttp("p", url)
+        with pytest.raises(ProviderNotReached, match="ConnectError"):
+            stranger.send("POST", "/c", timeout=TIMEOUT, what="t", json={})
+        assert [r.split(b" ")[1] for r in provider.requests if r != b"refused TLS"] == [
+            b"/a",
+            b"/b",
+        ]
+
+
+def test_https_through_the_proxy_is_tls_end_to_end(
+    authority: Authority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with listening(tls_answering(authority)) as provider, listening(tunnel) as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        http = ProviderHttp("p", f"https://127.0.0.1:{provider.port}", tls=trusting(authority))
+        assert http.send("GET", "/a", timeout=TIMEOUT, what="t").status_code == 200
+        http.close()
+        (connect,) = proxy.requests  # the proxy saw the tunnel's target, not the request
+        assert connect.startswith(f"CONNECT 127.0.0.1:{provider.port} ".encode())
+        assert provider.requests[0].startswith(b"GET /a ")
+
+
+def test_default_trust_is_openssls_store_when_the_standard_variables_name_one(
+    authority: Authority, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(authority.pem)
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    default_tls.cache_clear()
+    try:
+        with listening(tls_answering(authority)) as provider:
+            http = ProviderHttp("p", f"https://127.0.0.1:{provider.port}")
+            assert http.send("GET", "/a", timeout=TIMEOUT, what="t").status_code == 200
+            http.close()
+    finally:
+        default_tls.cache_clear()
