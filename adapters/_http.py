@@ -75,6 +75,11 @@ class _Failed(Exception):
         super().__init__(name)
         self.name, self.sent = name, sent
 
+    @property
+    def error_type(self) -> str:
+        """What a trace's client span names the failure (``error.type``)."""
+        return self.name
+
 
 @cache
 def default_tls() -> ssl.SSLContext:
@@ -163,22 +168,24 @@ class _Connection:
         try:
             conn.sock.settimeout(timeout)
             conn.request(method, target, body=body, headers=dict(headers))
-        except OSError as exc:
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            # Some of the request may have left (a header http.client refuses is refused
+            # before any byte is sent, but nothing here tells which): the provider may act.
             self.close()
-            raise _Failed(
-                "WriteTimeout" if isinstance(exc, TimeoutError) else "WriteError", sent=True
-            ) from exc
+            name = "WriteTimeout" if isinstance(exc, TimeoutError) else "WriteError"
+            raise _Failed(name, sent=True) from exc
         try:
             response = conn.getresponse()
             content = response.read()
         except TimeoutError as exc:
             self.close()
             raise _Failed("ReadTimeout", sent=True) from exc
-        except (http.client.HTTPException, ConnectionError) as exc:
+        except (http.client.HTTPException, ValueError, ConnectionError) as exc:
             # the connection ended, or what came back is not HTTP: after the request left
             self.close()
-            closed = isinstance(exc, http.client.HTTPException)
-            raise _Failed("RemoteProtocolError" if closed else "ReadError", sent=True) from exc
+            # (http.client's RemoteDisconnected is both: the peer closed without answering)
+            protocol = isinstance(exc, (http.client.HTTPException, ValueError))
+            raise _Failed("RemoteProtocolError" if protocol else "ReadError", sent=True) from exc
         except OSError as exc:
             self.close()
             raise _Failed("ReadError", sent=True) from exc

@@ -242,8 +242,9 @@ def _client_call(
         try:
             yield answered
         except BaseException as e:
-            current.set_attribute("error.type", type(e).__name__)
-            current.set_status(Status(StatusCode.ERROR, type(e).__name__))
+            kind = getattr(e, "error_type", None) or type(e).__name__  # ReadTimeout, ...
+            current.set_attribute("error.type", kind)
+            current.set_status(Status(StatusCode.ERROR, kind))
             raise
 
 

@@ -225,6 +225,9 @@ def test_a_failed_provider_call_is_an_error_span_naming_only_the_exceptions_type
     attempts = [s for s in spans if s.kind is SpanKind.CLIENT]
     assert attempts and all(ancestors(a, spans)[0] is call for a in attempts)
     assert all(a.status.status_code is StatusCode.ERROR for a in attempts)
+    # each attempt's span names how it failed, as the adapters' logs do
+    assert {(a.attributes or {}).get("error.type") for a in attempts} == {"ConnectError"}
+    assert {a.status.description for a in attempts} == {"ConnectError"}
 
 
 def test_the_callers_traceparent_is_honoured(traced: Traced) -> None:
