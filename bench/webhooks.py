@@ -98,7 +98,8 @@ _LOG_TIME = r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})"
 _APPLIED = re.compile(
     _LOG_TIME + r" INFO payorch\.webhooks webhook sandbox (evt_\S+) \(([^)]*)\): (.*)$", re.M
 )
-_STORED_LINE = "payorch.webhooks webhook sandbox: 1 stored, 0 duplicate(s)"
+# the intake logs one line per batch (per provider and verifier), its counts summed
+_STORED = re.compile(r"payorch\.webhooks webhook sandbox: (\d+) stored, \d+ duplicate\(s\)")
 _UNMATCHED_LINE = "unmatched webhook sandbox"
 
 
@@ -788,7 +789,7 @@ def read_log(path: Path, backlog_prefix: str, drain_started: float) -> dict[str,
     during_drain = sorted(t for t in backlog_times if t >= drain_started)
     span = during_drain[-1] - drain_started if during_drain else math.nan
     return {
-        "stored_lines": text.count(_STORED_LINE),
+        "stored_logged": sum(int(n) for n in _STORED.findall(text)),
         "applied_lines": sum(effects.values()),
         "effects": dict(effects),
         "kinds": dict(kinds),
@@ -987,8 +988,8 @@ def checks(summary: dict[str, Any], backends: list[str], opts: Options) -> list[
             failed.append(f"{backend}: {posted['ok']} of the {opts.backlog} backlog acknowledged")
         log = s["log"]
         total = s["deliveries_stored_total"]
-        if log["stored_lines"] != total:
-            failed.append(f"{backend}: {log['stored_lines']} stored lines logged for {total}")
+        if log["stored_logged"] != total:
+            failed.append(f"{backend}: {log['stored_logged']} deliveries logged stored for {total}")
         if log["applied_lines"] != total or log["effects"].get(EXPECTED_EFFECT, 0) != total:
             failed.append(
                 f"{backend}: {log['applied_lines']} deliveries applied of {total} stored,"
