@@ -4,10 +4,12 @@ Provider wire formats stay in each adapter; this module knows none of them."""
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import http.client
 import json
 import logging
+import os
 import select
 import socket
 import ssl
@@ -86,8 +88,6 @@ def default_tls() -> ssl.SSLContext:
     """The TLS context provider calls verify with: certifi's CA bundle (as httpx used), or
     OpenSSL's own store when ``SSL_CERT_FILE``/``SSL_CERT_DIR`` name one. Made once per
     process: loading a bundle takes tens of ms."""
-    import os
-
     if os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR"):
         return ssl.create_default_context()
     return ssl.create_default_context(cafile=certifi.where())
@@ -139,8 +139,6 @@ def _proxy(url: str) -> tuple[str, int, dict[str, str]]:
         )
     headers = {}
     if parts.username is not None:
-        import base64
-
         pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
         headers["Proxy-Authorization"] = "Basic " + base64.b64encode(pair).decode()
     return parts.hostname, parts.port or 80, headers
