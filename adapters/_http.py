@@ -73,14 +73,9 @@ class _Failed(Exception):
     """A request that failed, named as our logs and errors name it (``ConnectError``,
     ``ReadTimeout``...); ``sent``: whether any byte of it may have left."""
 
-    def __init__(self, name: str, *, sent: bool) -> None:
-        super().__init__(name)
-        self.name, self.sent = name, sent
-
-    @property
-    def error_type(self) -> str:
-        """What a trace's client span names the failure (``error.type``)."""
-        return self.name
+    def __init__(self, error_type: str, *, sent: bool) -> None:
+        super().__init__(error_type)
+        self.error_type, self.sent = error_type, sent  # error.type on a trace's client span
 
 
 @cache
@@ -165,7 +160,7 @@ class _Connection:
         assert conn.sock is not None
         try:
             conn.sock.settimeout(timeout)
-            conn.request(method, target, body=body, headers=dict(headers))
+            conn.request(method, target, body=body, headers=headers)
         except (OSError, http.client.HTTPException, ValueError) as exc:
             # Some of the request may have left (a header http.client refuses is refused
             # before any byte is sent, but nothing here tells which): the provider may act.
@@ -195,10 +190,10 @@ class _Connection:
         """The thread's connection, connected; a kept one the provider has closed (its socket
         reads EOF, or anything at all between answers) is replaced. Nothing of the request
         has left while this raises."""
-        if self.conn is not None and self.conn.sock is not None and _readable(self.conn.sock):
+        kept = self.conn
+        if kept is not None and (kept.sock is None or _readable(kept.sock)):
             self.close()
-        if self.conn is None or self.conn.sock is None:
-            self.close()
+        if self.conn is None:
             conn = self.origin.connection(connect_timeout)
             try:
                 conn.connect()
@@ -310,11 +305,11 @@ class ProviderHttp:
                 )  # fmt: skip
                 traced(answer.status_code)
         except _Failed as exc:
-            self._log(what, key, exc.name, started)
+            self._log(what, key, exc.error_type, started)
             if not exc.sent:
-                raise ProviderNotReached(f"{self.provider} not reached: {exc.name}") from exc
+                raise ProviderNotReached(f"{self.provider} not reached: {exc.error_type}") from exc
             raise ProviderOutcomeUnknown(
-                f"{self.provider} outcome unknown: {exc.name} after sending",
+                f"{self.provider} outcome unknown: {exc.error_type} after sending",
                 lookup_first=not self.honors_idempotency_keys,
             ) from exc
         self._log(what, key, str(answer.status_code), started, quiet=answer.status_code < 500)

@@ -15,7 +15,6 @@ operation, which for Adyen means "no evidence yet", never "certainly not process
 from __future__ import annotations
 
 import enum
-import ssl
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -259,7 +258,6 @@ class AdyenAdapter(HttpAdapter):
         connect_timeout: float = 1.0,
         notifications: AdyenNotifications | None = None,
         webhook_secrets: Sequence[Secret] = (),
-        tls: ssl.SSLContext | None = None,
     ) -> None:
         if recurring_model not in RECURRING_MODELS:
             allowed = ", ".join(sorted(RECURRING_MODELS))
@@ -280,7 +278,6 @@ class AdyenAdapter(HttpAdapter):
             base_url,
             connect_timeout=connect_timeout,
             honors_idempotency_keys=self.honors_idempotency_keys,
-            tls=tls,
         )
 
     # --- the port -------------------------------------------------------------------------------

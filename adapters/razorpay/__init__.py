@@ -20,19 +20,12 @@ Wire format, status mapping and error parsing live in ``transformers``; only
 from __future__ import annotations
 
 import base64
-import ssl
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import quote
 
-from adapters._http import (
-    HttpAdapter,
-    JSONObject,
-    MalformedAnswerError,
-    ProviderHttp,
-    json_object,
-)
+from adapters._http import HttpAdapter, JSONObject, MalformedAnswerError, ProviderHttp, json_object
 from adapters._webhooks import webhook_secrets
 from adapters.razorpay.transformers import (
     NOTE_REASON,
@@ -114,7 +107,6 @@ class RazorpayAdapter(HttpAdapter):
         name: str = "razorpay",
         connect_timeout: float = 1.0,
         webhook_secrets: Sequence[Secret] = (),
-        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.name = name
         self.honors_idempotency_keys = False
@@ -126,7 +118,6 @@ class RazorpayAdapter(HttpAdapter):
             base_url,
             connect_timeout=connect_timeout,
             honors_idempotency_keys=False,
-            tls=tls,
         )
 
     def __repr__(self) -> str:

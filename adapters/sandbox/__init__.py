@@ -8,7 +8,6 @@ charge twice, a wrong "unknown" only costs a lookup.
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import quote
@@ -69,7 +68,6 @@ class SandboxAdapter(HttpAdapter):
         honors_idempotency_keys: bool = True,
         webhook_secrets: Sequence[Secret] = (),
         webhook_tolerance: float = DEFAULT_TOLERANCE,
-        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.name = name
         self._webhooks = (
@@ -86,7 +84,6 @@ class SandboxAdapter(HttpAdapter):
             base_url,
             connect_timeout=connect_timeout,
             honors_idempotency_keys=honors_idempotency_keys,
-            tls=tls,
         )
 
     # --- the port ---------------------------------------------------------------------------

@@ -18,7 +18,6 @@ safe either way.
 
 from __future__ import annotations
 
-import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -109,7 +108,6 @@ class StripeAdapter(HttpAdapter):
         multicapture: bool = False,
         webhook_secrets: Sequence[Secret] = (),
         webhook_tolerance: float = DEFAULT_TOLERANCE,
-        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.name = name
         self._secret = secret_key
@@ -124,7 +122,6 @@ class StripeAdapter(HttpAdapter):
         self._multicapture = multicapture
         self._http = ProviderHttp(
             name, base_url, connect_timeout=connect_timeout, honors_idempotency_keys=True,
-            tls=tls,
         )  # fmt: skip
 
     # --- the port ---------------------------------------------------------------------------
