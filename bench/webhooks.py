@@ -74,6 +74,7 @@ from create_payment import (
     start_sandbox,
     wait_serving,
     wait_until_quiet,
+    webhooks_stored,
     write_results,
 )
 from create_payment import DEFAULT_POSTGRES_URL as POSTGRES_URL
@@ -98,8 +99,6 @@ _LOG_TIME = r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})"
 _APPLIED = re.compile(
     _LOG_TIME + r" INFO payorch\.webhooks webhook sandbox (evt_\S+) \(([^)]*)\): (.*)$", re.M
 )
-# the intake logs one line per batch (per provider and verifier), its counts summed
-_STORED = re.compile(r"payorch\.webhooks webhook sandbox: (\d+) stored, \d+ duplicate\(s\)")
 _UNMATCHED_LINE = "unmatched webhook sandbox"
 
 
@@ -789,7 +788,7 @@ def read_log(path: Path, backlog_prefix: str, drain_started: float) -> dict[str,
     during_drain = sorted(t for t in backlog_times if t >= drain_started)
     span = during_drain[-1] - drain_started if during_drain else math.nan
     return {
-        "stored_logged": sum(int(n) for n in _STORED.findall(text)),
+        "stored_logged": webhooks_stored(text),
         "applied_lines": sum(effects.values()),
         "effects": dict(effects),
         "kinds": dict(kinds),
