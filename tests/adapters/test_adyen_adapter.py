@@ -47,9 +47,7 @@ def http() -> Iterator[httpx.Client]:
         yield client
 
 
-def make_adapter(
-    env: Running, http: httpx.Client, *, key: str = adyen.API_KEY, **options: Any
-) -> AdyenAdapter:
+def make_adapter(env: Running, *, key: str = adyen.API_KEY, **options: Any) -> AdyenAdapter:
     return AdyenAdapter(
         f"{env.emulator.url}/v71",
         api_key=Secret(key, "test"),
@@ -61,8 +59,8 @@ def make_adapter(
 
 
 @pytest.fixture
-def adapter(env: Running, http: httpx.Client) -> AdyenAdapter:
-    return make_adapter(env, http)
+def adapter(env: Running) -> AdyenAdapter:
+    return make_adapter(env)
 
 
 def authorize_op(key: str = "pay_1:1:authorize:1", **overrides: Any) -> ProviderOperation:
@@ -161,12 +159,12 @@ def test_authorize_with_capture_asks_for_capture_without_delay(
     assert kinds(env.emulator) == ["authorization", "capture"]
 
 
-def test_the_recurring_processing_model_is_configurable(env: Running, http: httpx.Client) -> None:
-    adapter = make_adapter(env, http, recurring_model="UnscheduledCardOnFile")
+def test_the_recurring_processing_model_is_configurable(env: Running) -> None:
+    adapter = make_adapter(env, recurring_model="UnscheduledCardOnFile")
     adapter.authorize(authorize_op(), timeout=TIMEOUT)
     assert sent(env.emulator)[2]["recurringProcessingModel"] == "UnscheduledCardOnFile"
     with pytest.raises(ValueError, match="CardOnFile"):
-        make_adapter(env, http, recurring_model="Sometimes")
+        make_adapter(env, recurring_model="Sometimes")
 
 
 def test_a_shopper_reference_may_hold_colons(env: Running, adapter: AdyenAdapter) -> None:
@@ -303,7 +301,7 @@ def test_the_emulator_echoes_the_key_and_replays_whatever_the_body(
     assert kinds(env.emulator) == ["authorization", "capture"]
 
 
-def test_keys_are_scoped_to_the_company_account(http: httpx.Client) -> None:
+def test_keys_are_scoped_to_the_company_account() -> None:
     other = Account("AQEother-key", "OtherCompany", frozenset({"OtherMerchant"}))
     emulator = AdyenEmulator(
         accounts=[Account(adyen.API_KEY, adyen.COMPANY, frozenset({adyen.MERCHANT_ACCOUNT})), other]
@@ -407,11 +405,9 @@ def test_over_capture_refused_in_its_webhook_is_failed(env: Running, adapter: Ad
     assert kinds(env.emulator) == ["authorization"]
 
 
-def test_a_received_modification_is_a_success_until_a_webhook_says_otherwise(
-    env: Running, http: httpx.Client
-) -> None:
+def test_a_received_modification_is_a_success_until_a_webhook_says_otherwise(env: Running) -> None:
     # without webhooks (none recorded yet), "received" is all there is to go on
-    adapter = make_adapter(env, http, notifications=AdyenNotifications())
+    adapter = make_adapter(env, notifications=AdyenNotifications())
     reference = authorized(adapter)
     outcome = adapter.capture(
         follow_up(OperationKind.CAPTURE, reference, "c", 1001), timeout=TIMEOUT
@@ -440,14 +436,14 @@ def test_a_capture_of_an_unknown_payment_is_failed(adapter: AdyenAdapter) -> Non
 # --- errors through real answers --------------------------------------------------------------
 
 
-def test_a_wrong_api_key_is_failed(env: Running, http: httpx.Client) -> None:
-    outcome = make_adapter(env, http, key="wrong").authorize(authorize_op(), timeout=TIMEOUT)
+def test_a_wrong_api_key_is_failed(env: Running) -> None:
+    outcome = make_adapter(env, key="wrong").authorize(authorize_op(), timeout=TIMEOUT)
     assert outcome.status is OutcomeStatus.FAILED
     assert "401 security 000: HTTP Status Response - Unauthorized" in outcome.message
 
 
-def test_a_merchant_account_the_key_may_not_use_is_failed(env: Running, http: httpx.Client) -> None:
-    adapter = make_adapter(env, http, merchant_account="SomeoneElse")
+def test_a_merchant_account_the_key_may_not_use_is_failed(env: Running) -> None:
+    adapter = make_adapter(env, merchant_account="SomeoneElse")
     outcome = adapter.authorize(authorize_op(), timeout=TIMEOUT)
     assert outcome.status is OutcomeStatus.FAILED
     assert "901: Invalid Merchant Account" in outcome.message
@@ -523,7 +519,7 @@ def test_a_timeout_is_unknown_and_a_re_send_with_the_key_settles_it(
     assert kinds(env.emulator) == ["authorization"]
 
 
-def test_a_closed_port_is_not_reached(http: httpx.Client) -> None:
+def test_a_closed_port_is_not_reached() -> None:
     adapter = AdyenAdapter("http://127.0.0.1:9/v71", api_key=Secret("k", "t"), merchant_account="m",
                            return_url=RETURN_URL)  # fmt: skip
     with pytest.raises(ProviderNotReached, match="ConnectError") as raised:
@@ -590,8 +586,8 @@ def test_lookup_finds_a_capture_and_a_cancel_whose_answers_were_lost(
     )
 
 
-def test_lookup_without_webhooks_knows_nothing(env: Running, http: httpx.Client) -> None:
-    adapter = make_adapter(env, http, notifications=AdyenNotifications())
+def test_lookup_without_webhooks_knows_nothing(env: Running) -> None:
+    adapter = make_adapter(env, notifications=AdyenNotifications())
     op = authorize_op()
     env.emulator.drop_next_response()
     with pytest.raises(ProviderOutcomeUnknown):

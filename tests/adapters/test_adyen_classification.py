@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import pytest
 
 from adapters.adyen import AdyenAdapter, Classification, Verdict, classify
@@ -31,8 +29,6 @@ from orchestrator.ports import (
 from orchestrator.secrets import Secret
 from tests.emulators import adyen
 from tests.emulators.adyen import AdyenEmulator
-
-TLS = ssl.create_default_context()
 
 
 def error(status: int, code: str, message: str = "m", kind: str = "validation") -> AdyenError:
@@ -227,7 +223,7 @@ def emulator() -> Iterator[AdyenEmulator]:
     running.stop()
 
 
-def adapter_at(url: str, client: httpx.Client) -> AdyenAdapter:
+def adapter_at(url: str) -> AdyenAdapter:
     return AdyenAdapter(
         f"{url}/v71", api_key=Secret(adyen.API_KEY, "test"), merchant_account=adyen.MERCHANT_ACCOUNT,
         return_url="https://shop.example/return",
@@ -278,8 +274,8 @@ def test_transport_failure(
     attributes: dict[str, Any],
 ) -> None:
     url, timeout = setup(emulator)
-    with httpx.Client(verify=TLS) as client, pytest.raises(error_type) as raised:
-        adapter_at(url, client).authorize(OP, timeout=timeout)
+    with pytest.raises(error_type) as raised:
+        adapter_at(url).authorize(OP, timeout=timeout)
     assert type(raised.value) is error_type
     for name, value in attributes.items():
         assert getattr(raised.value, name) == value

@@ -7,7 +7,6 @@ lost, since Adyen has no API to read a payment back.
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Iterator
 
 import pytest
@@ -17,8 +16,6 @@ from orchestrator.secrets import Secret
 from tests.adapters.contract import PaymentMethods, ProviderContract
 from tests.emulators import adyen
 from tests.emulators.adyen import AdyenEmulator, Running
-
-TLS = ssl.create_default_context()  # one per module: building a context costs ~80 ms
 
 
 class TestAdyenContract(ProviderContract):

@@ -60,13 +60,13 @@ def http() -> Iterator[httpx.Client]:
         yield client
 
 
-def make_adapter(url: str, http: httpx.Client, secret: str = KEY_SECRET) -> RazorpayAdapter:
+def make_adapter(url: str, secret: str = KEY_SECRET) -> RazorpayAdapter:
     return RazorpayAdapter(Secret(KEY_ID, "test"), Secret(secret, "test"), base_url=url)
 
 
 @pytest.fixture
-def adapter(emulator: RazorpayEmulator, http: httpx.Client) -> RazorpayAdapter:
-    return make_adapter(emulator.url, http)
+def adapter(emulator: RazorpayEmulator) -> RazorpayAdapter:
+    return make_adapter(emulator.url)
 
 
 def authorize_op(
@@ -456,10 +456,8 @@ def test_follow_ups_without_a_provider_reference_fail_without_sending(
     assert emulator.requests == []
 
 
-def test_wrong_credentials_get_razorpays_401_and_fail(
-    emulator: RazorpayEmulator, http: httpx.Client
-) -> None:
-    adapter = make_adapter(emulator.url, http, secret="not-the-secret")
+def test_wrong_credentials_get_razorpays_401_and_fail(emulator: RazorpayEmulator) -> None:
+    adapter = make_adapter(emulator.url, secret="not-the-secret")
     outcome = adapter.authorize(authorize_op(), timeout=TIMEOUT)
     assert outcome.status is OutcomeStatus.FAILED
     assert outcome.message == (
@@ -653,36 +651,34 @@ class _Flaky(RazorpayEmulator):
         return super().handle(request)
 
 
-def test_a_payment_made_but_not_read_back_is_unknown_never_not_reached(
-    http: httpx.Client,
-) -> None:
+def test_a_payment_made_but_not_read_back_is_unknown_never_not_reached() -> None:
     emulator = _Flaky(r"/v1/payments/pay_\w+", error_reply(429, "Too many requests"))
     emulator.start()
     try:
         with pytest.raises(ProviderOutcomeUnknown, match="could not tell its state") as raised:
-            make_adapter(emulator.url, http).authorize(authorize_op(), timeout=TIMEOUT)
+            make_adapter(emulator.url).authorize(authorize_op(), timeout=TIMEOUT)
         assert raised.value.lookup_first is True
         assert kinds(emulator) == ["authorization"]
     finally:
         emulator.stop()
 
 
-def test_an_unclear_answer_before_the_charge_is_not_reached(http: httpx.Client) -> None:
+def test_an_unclear_answer_before_the_charge_is_not_reached() -> None:
     emulator = _Flaky(r"/v1/orders", error_reply(502, "bad gateway", code="GATEWAY_ERROR"))
     emulator.start()
     try:
         with pytest.raises(ProviderNotReached, match="before any payment was attempted"):
-            make_adapter(emulator.url, http).authorize(authorize_op(), timeout=TIMEOUT)
+            make_adapter(emulator.url).authorize(authorize_op(), timeout=TIMEOUT)
         assert sent(emulator, "POST", "/v1/payments/create/recurring") == []
     finally:
         emulator.stop()
 
 
-def test_a_closed_port_is_not_reached(http: httpx.Client) -> None:
+def test_a_closed_port_is_not_reached() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    adapter = make_adapter(f"http://127.0.0.1:{port}", http)
+    adapter = make_adapter(f"http://127.0.0.1:{port}")
     with pytest.raises(ProviderNotReached, match="ConnectError") as raised:
         adapter.authorize(authorize_op(), timeout=TIMEOUT)
     assert raised.value.retry_after is None
@@ -739,7 +735,6 @@ def test_from_config_defaults_to_razorpays_api(monkeypatch: pytest.MonkeyPatch) 
 def test_logs_never_contain_the_credentials(
     adapter: RazorpayAdapter,
     emulator: RazorpayEmulator,
-    http: httpx.Client,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -749,7 +744,7 @@ def test_logs_never_contain_the_credentials(
     emulator.fail_next(error_reply(500, "boom", code="SERVER_ERROR"))
     with pytest.raises(ProviderOutcomeUnknown):
         adapter.authorize(authorize_op(), timeout=TIMEOUT)
-    make_adapter(emulator.url, http, secret="wrong-secret-123").authorize(authorize_op(), timeout=2)
+    make_adapter(emulator.url, secret="wrong-secret-123").authorize(authorize_op(), timeout=2)
     logged = caplog.text + repr(adapter)
     assert "razorpay" in caplog.text  # the adapter did log
     for secret in (KEY_SECRET, "wrong-secret-123", BASIC.split()[1]):

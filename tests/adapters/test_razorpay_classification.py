@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 import socket
-import ssl
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import pytest
 
 from adapters.razorpay import RazorpayAdapter
@@ -311,8 +309,6 @@ def test_refund_outcome(status: str, expected: OutcomeStatus) -> None:
 
 # --- the transport rows, through the adapter's own HTTP client --------------------------
 
-TLS = ssl.create_default_context()
-
 
 @pytest.fixture
 def emulator() -> Iterator[RazorpayEmulator]:
@@ -322,13 +318,7 @@ def emulator() -> Iterator[RazorpayEmulator]:
     running.stop()
 
 
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(verify=TLS) as client:
-        yield client
-
-
-def adapter_at(url: str, http: httpx.Client) -> RazorpayAdapter:
+def adapter_at(url: str) -> RazorpayAdapter:
     return RazorpayAdapter(Secret(KEY_ID, "t"), Secret(KEY_SECRET, "t"), base_url=url)
 
 
@@ -340,37 +330,33 @@ def authorize_op() -> ProviderOperation:
     )  # fmt: skip
 
 
-def test_a_connection_not_established_is_not_reached_and_a_breaker_failure(
-    http: httpx.Client,
-) -> None:
+def test_a_connection_not_established_is_not_reached_and_a_breaker_failure() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     with pytest.raises(ProviderNotReached, match="ConnectError") as raised:
-        adapter_at(f"http://127.0.0.1:{port}", http).authorize(authorize_op(), timeout=1.0)
+        adapter_at(f"http://127.0.0.1:{port}").authorize(authorize_op(), timeout=1.0)
     assert raised.value.breaker_failure is True
 
 
 def test_a_timeout_after_sending_is_unknown_looked_up_first_and_a_breaker_failure(
-    emulator: RazorpayEmulator, http: httpx.Client
+    emulator: RazorpayEmulator,
 ) -> None:
     emulator.hang_next(0.4)
     with pytest.raises(ProviderOutcomeUnknown, match="ReadTimeout") as raised:
-        adapter_at(emulator.url, http).authorize(authorize_op(), timeout=0.2)
+        adapter_at(emulator.url).authorize(authorize_op(), timeout=0.2)
     assert (raised.value.lookup_first, raised.value.breaker_failure) == (True, True)
 
 
-def test_a_reset_after_sending_is_unknown_and_looked_up_first(
-    emulator: RazorpayEmulator, http: httpx.Client
-) -> None:
+def test_a_reset_after_sending_is_unknown_and_looked_up_first(emulator: RazorpayEmulator) -> None:
     emulator.drop_next_response()
     with pytest.raises(ProviderOutcomeUnknown) as raised:
-        adapter_at(emulator.url, http).authorize(authorize_op(), timeout=1.0)
+        adapter_at(emulator.url).authorize(authorize_op(), timeout=1.0)
     assert (raised.value.lookup_first, raised.value.breaker_failure) == (True, True)
 
 
-def test_the_adapter_says_razorpay_honours_no_idempotency_key(http: httpx.Client) -> None:
-    assert adapter_at("http://127.0.0.1:9", http).honors_idempotency_keys is False
+def test_the_adapter_says_razorpay_honours_no_idempotency_key() -> None:
+    assert adapter_at("http://127.0.0.1:9").honors_idempotency_keys is False
 
 
 def test_an_error_body_round_trips_through_json() -> None:

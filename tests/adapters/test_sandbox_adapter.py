@@ -38,10 +38,6 @@ def server() -> Iterator[SandboxServer]:
         yield running
 
 
-def make_client(max_connections: int = 10) -> httpx.Client:
-    return httpx.Client(verify=TLS, limits=httpx.Limits(max_connections=max_connections))
-
-
 @pytest.fixture
 def http() -> Iterator[httpx.Client]:
     with httpx.Client(verify=TLS) as client:
@@ -49,7 +45,7 @@ def http() -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def adapter(server: SandboxServer, http: httpx.Client) -> SandboxAdapter:
+def adapter(server: SandboxServer) -> SandboxAdapter:
     return SandboxAdapter(server.url)
 
 
@@ -152,7 +148,7 @@ Canned = Callable[..., SandboxAdapter]
 
 
 @pytest.fixture
-def canned(http: httpx.Client) -> Iterator[Canned]:
+def canned() -> Iterator[Canned]:
     """``canned(status, body, headers)`` -> an adapter whose provider always says that."""
     httpd = _CannedServer(("127.0.0.1", 0), _CannedHandler)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
@@ -368,7 +364,7 @@ def test_key_reused_for_another_request_is_outcome_unknown(adapter: SandboxAdapt
         adapter.capture(follow_up(OperationKind.CAPTURE, reference, "key-shared", 5), timeout=2)
 
 
-def test_closed_port_is_not_reached(http: httpx.Client) -> None:
+def test_closed_port_is_not_reached() -> None:
     adapter = SandboxAdapter(f"http://127.0.0.1:{free_port()}")
     with pytest.raises(ProviderNotReached, match="ConnectError") as raised:
         adapter.authorize(authorize_op(), timeout=TIMEOUT)

@@ -52,18 +52,18 @@ def http() -> Iterator[httpx.Client]:
         yield client
 
 
-def make(url: str, http: httpx.Client, key: str = SECRET_KEY, **settings: Any) -> StripeAdapter:
+def make(url: str, key: str = SECRET_KEY, **settings: Any) -> StripeAdapter:
     return StripeAdapter(Secret(key, "test"), base_url=url, **settings)
 
 
 @pytest.fixture
-def adapter(emulator: StripeEmulator, http: httpx.Client) -> StripeAdapter:
-    return make(emulator.url, http)
+def adapter(emulator: StripeEmulator) -> StripeAdapter:
+    return make(emulator.url)
 
 
 @pytest.fixture
-def multi(emulator: StripeEmulator, http: httpx.Client) -> StripeAdapter:
-    return make(emulator.url, http, multicapture=True)
+def multi(emulator: StripeEmulator) -> StripeAdapter:
+    return make(emulator.url, multicapture=True)
 
 
 def auth_op(key: str = "key-a", **overrides: Any) -> ProviderOperation:
@@ -189,10 +189,8 @@ def test_every_request_carries_the_bearer_key_and_the_api_version(
         assert request.headers["stripe-version"] == DEFAULT_API_VERSION
 
 
-def test_an_empty_api_version_leaves_the_accounts_default(
-    emulator: StripeEmulator, http: httpx.Client
-) -> None:
-    make(emulator.url, http, api_version="").authorize(auth_op(), timeout=TIMEOUT)
+def test_an_empty_api_version_leaves_the_accounts_default(emulator: StripeEmulator) -> None:
+    make(emulator.url, api_version="").authorize(auth_op(), timeout=TIMEOUT)
     assert all("stripe-version" not in r.headers for r in emulator.requests)
 
 
@@ -539,7 +537,7 @@ def test_a_wrong_key_is_failed_and_never_quoted(
     emulator: StripeEmulator, http: httpx.Client
 ) -> None:
     wrong = "sk_test_51WrongKey000000000000000000000009876"
-    outcome = make(emulator.url, http, key=wrong).authorize(auth_op(), timeout=TIMEOUT)
+    outcome = make(emulator.url, key=wrong).authorize(auth_op(), timeout=TIMEOUT)
     assert outcome == ProviderOutcome(
         OutcomeStatus.FAILED, message="stripe refused the secret key (HTTP 401)"
     )
@@ -623,8 +621,8 @@ def test_a_key_reused_for_another_request_is_looked_up(adapter: StripeAdapter) -
     assert raised.value.lookup_first
 
 
-def test_a_closed_port_is_not_reached(http: httpx.Client) -> None:
-    adapter = make(f"http://127.0.0.1:{free_port()}", http)
+def test_a_closed_port_is_not_reached() -> None:
+    adapter = make(f"http://127.0.0.1:{free_port()}")
     with pytest.raises(ProviderNotReached, match="ConnectError"):
         adapter.authorize(auth_op(), timeout=TIMEOUT)
     with pytest.raises(ProviderNotReached):
@@ -844,7 +842,7 @@ class _CannedHandler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def canned(http: httpx.Client) -> Iterator[Callable[..., StripeAdapter]]:
+def canned() -> Iterator[Callable[..., StripeAdapter]]:
     """``canned(status, body, headers)`` -> an adapter whose Stripe always says that."""
     httpd = _CannedServer(("127.0.0.1", 0), _CannedHandler)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
@@ -852,7 +850,7 @@ def canned(http: httpx.Client) -> Iterator[Callable[..., StripeAdapter]]:
 
     def answering(status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> Any:
         httpd.answer = (status, headers or {}, body)
-        return make(f"http://127.0.0.1:{httpd.server_address[1]}", http)
+        return make(f"http://127.0.0.1:{httpd.server_address[1]}")
 
     yield answering
     httpd.shutdown()
@@ -955,10 +953,10 @@ def test_from_config_refuses(
 
 
 def test_logs_never_contain_the_key_or_the_card(
-    emulator: StripeEmulator, http: httpx.Client, caplog: pytest.LogCaptureFixture
+    emulator: StripeEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:
-    adapter = make(emulator.url, http)
-    wrong = make(emulator.url, http, key="sk_test_51WrongKey000000000000000000000009876")
+    adapter = make(emulator.url)
+    wrong = make(emulator.url, key="sk_test_51WrongKey000000000000000000000009876")
     with caplog.at_level(logging.DEBUG):
         reference = authorized(adapter, "key-log")
         adapter.capture(follow(OperationKind.CAPTURE, reference, "key-c", 10), timeout=TIMEOUT)
@@ -980,7 +978,7 @@ def test_logs_never_contain_the_key_or_the_card(
 
 
 def test_close_closes_only_an_owned_client(emulator: StripeEmulator, http: httpx.Client) -> None:
-    make(emulator.url, http).close()
+    make(emulator.url).close()
     assert not http.is_closed
     with StripeAdapter(Secret(SECRET_KEY, "test"), base_url=emulator.url) as owned:
         assert authorized(owned)

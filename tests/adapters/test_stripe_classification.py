@@ -8,11 +8,9 @@ closed port and the Stripe emulator, so the whole table reads in one place.
 from __future__ import annotations
 
 import socket
-import ssl
 from collections.abc import Iterator
 from typing import NamedTuple
 
-import httpx
 import pytest
 
 from adapters.stripe import Classification, StripeAdapter, StripeError, Verdict, classify
@@ -155,8 +153,6 @@ def test_retry_after_may_be_an_http_date() -> None:
 
 # --- transport failures, through the adapter ------------------------------------------------
 
-TLS = ssl.create_default_context()
-
 
 def op() -> ProviderOperation:
     return ProviderOperation(
@@ -180,7 +176,7 @@ def emulator() -> Iterator[StripeEmulator]:
     emulator.stop()
 
 
-def adapter_for(url: str, client: httpx.Client) -> StripeAdapter:
+def adapter_for(url: str) -> StripeAdapter:
     return StripeAdapter(Secret(SECRET_KEY, "test"), base_url=url)
 
 
@@ -191,16 +187,14 @@ def raised(adapter: StripeAdapter, timeout: float = 2.0) -> ProviderError:
 
 
 def test_connection_not_established_is_retried_with_the_same_key() -> None:
-    with httpx.Client(verify=TLS) as client:
-        error = raised(adapter_for(f"http://127.0.0.1:{closed_port()}", client))
+    error = raised(adapter_for(f"http://127.0.0.1:{closed_port()}"))
     assert isinstance(error, ProviderNotReached)
     assert error.breaker_failure
 
 
 def test_a_timeout_after_sending_is_re_sent_with_the_same_key(emulator: StripeEmulator) -> None:
     emulator.hang_next(0.4)
-    with httpx.Client(verify=TLS) as client:
-        error = raised(adapter_for(emulator.url, client), timeout=0.2)
+    error = raised(adapter_for(emulator.url), timeout=0.2)
     assert isinstance(error, ProviderOutcomeUnknown)
     # Stripe honours keys: re-sending is safe, no lookup needed first
     assert (error.breaker_failure, error.lookup_first) == (True, False)
@@ -208,7 +202,6 @@ def test_a_timeout_after_sending_is_re_sent_with_the_same_key(emulator: StripeEm
 
 def test_a_reset_after_sending_is_re_sent_with_the_same_key(emulator: StripeEmulator) -> None:
     emulator.drop_next_response()
-    with httpx.Client(verify=TLS) as client:
-        error = raised(adapter_for(emulator.url, client))
+    error = raised(adapter_for(emulator.url))
     assert isinstance(error, ProviderOutcomeUnknown)
     assert (error.breaker_failure, error.lookup_first) == (True, False)

@@ -7,7 +7,6 @@ which Stripe only allows with multicapture (without it, a partial capture releas
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Iterator
 
 import pytest
@@ -18,7 +17,6 @@ from tests.adapters.contract import PaymentMethods, ProviderContract
 from tests.emulators.stripe import SECRET_KEY, StripeEmulator
 
 # building an SSL context per client costs ~80 ms; these clients only speak plain HTTP anyway
-TLS = ssl.create_default_context()
 
 
 class TestStripeContract(ProviderContract):
