@@ -46,7 +46,7 @@ from orchestrator.api.handlers import Behaviour, final_code, rewrapped
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
-    from opentelemetry.trace import Span, Tracer
+    from opentelemetry.trace import Span, SpanKind, Tracer
 
 log = logging.getLogger(__name__)
 
@@ -181,19 +181,29 @@ def span(name: str, attributes: Mapping[str, str]) -> AbstractContextManager[Any
 
 
 @contextmanager
-def _recording(tracer: Tracer, name: str, attributes: Mapping[str, str]) -> Iterator[Span]:
-    """A span whose failure is told by the exception's type alone: the SDK's default would
-    record the message and traceback, which are not ours to export."""
-    from opentelemetry.trace import Status, StatusCode
+def _recording(
+    tracer: Tracer, name: str, attributes: Mapping[str, Any], kind: SpanKind | None = None
+) -> Iterator[Span]:
+    """A span (INTERNAL unless ``kind`` says) whose failure is told by its name alone
+    (``failure``): the SDK's default would record the message and traceback, which are not
+    ours to export."""
+    from opentelemetry.trace import SpanKind, Status, StatusCode
 
     with tracer.start_as_current_span(
-        name, attributes=dict(attributes), record_exception=False, set_status_on_exception=False
-    ) as current:
+        name, kind=kind or SpanKind.INTERNAL, attributes=dict(attributes),
+        record_exception=False, set_status_on_exception=False,
+    ) as current:  # fmt: skip
         try:
             yield current
         except BaseException as e:
-            current.set_status(Status(StatusCode.ERROR, type(e).__name__))
+            current.set_status(Status(StatusCode.ERROR, failure(e)))
             raise
+
+
+def failure(e: BaseException) -> str:
+    """What a span calls a failure: the exception's ``error_type`` if it names one (a provider
+    request's ``ConnectError``, ``ReadTimeout``...), else its type's name."""
+    return getattr(e, "error_type", None) or type(e).__name__
 
 
 def client_span(
@@ -228,10 +238,7 @@ def _client_call(
         for name in headers:
             if tracing.captured.fullmatch(name):
                 attributes[f"http.request.header.{name.lower()}"] = _REDACTED
-    with tracing.tracer.start_as_current_span(
-        method, kind=SpanKind.CLIENT, attributes=attributes, record_exception=False,
-        set_status_on_exception=False,
-    ) as current:  # fmt: skip
+    with _recording(tracing.tracer, method, attributes, SpanKind.CLIENT) as current:
         TraceContextTextMapPropagator().inject(headers)
 
         def answered(status: int) -> None:
@@ -242,9 +249,7 @@ def _client_call(
         try:
             yield answered
         except BaseException as e:
-            kind = getattr(e, "error_type", None) or type(e).__name__  # ReadTimeout, ...
-            current.set_attribute("error.type", kind)
-            current.set_status(Status(StatusCode.ERROR, kind))
+            current.set_attribute("error.type", failure(e))
             raise
 
 
