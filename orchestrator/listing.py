@@ -12,8 +12,11 @@ once, or a rebuild racing them, write the same rows whichever commits first.
 
 A row is the payment as its events rebuild it, so its status is the domain's own
 (``Payment.status``), never a second reading of the events. A page that holds a payment's
-first event rebuilds it from the page alone; any other payment is read from the store at the
-version before the page and moved forward by the page's events.
+first event rebuilds it from the page alone. Any other payment is moved forward by the page's
+events from the state the projector left it in (it keeps the last ``KNOWN`` payments it
+projected), so a long payment costs a pass its new events, not its whole history; only a
+payment it does not hold at the version just before the page (not yet seen, forgotten, or
+moved past what a failed pass recorded) is read from the store, all such in one query.
 
 It is eventually consistent: a payment shows up, or changes, one projector pass after its
 event commits (``[listing] interval``, 0.5 s by default, plus the pass itself). ``lag()`` says
@@ -40,6 +43,7 @@ from eventsourcing.utils import get_topic
 
 from orchestrator.domain.errors import InvalidArgument
 from orchestrator.domain.payment import Payment, Status
+from orchestrator.lru import BoundedMap
 from orchestrator.tracked import Bulk, TrackedTable
 from orchestrator.worker import BackgroundLoop
 
@@ -58,6 +62,7 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500  # a larger page_size is served as this many (AIP-158)
 MAX_FILTER_LENGTH = 200
 DEFAULT_INTERVAL = 0.5  # seconds between projector passes: how far behind the rows may be
+KNOWN = 4096  # payments the projector keeps as it last projected them (a few kB each)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 # The listing's columns, in order, and what each holds: the payment's id, text or an integer.
@@ -333,6 +338,8 @@ class ListingProjector(BackgroundLoop):
         self.app = app
         self.listing = app.listing
         self.behind = 0  # log positions behind the head after the last pass
+        # Each payment as the last page of it left it, by ``UUID.int``; moved on in place.
+        self.known: BoundedMap[int, Payment] = BoundedMap(KNOWN)
 
     def run_once(self) -> int:
         """One pass up to the head read now; returns how many rows it wrote."""
@@ -358,11 +365,7 @@ class ListingProjector(BackgroundLoop):
             for n in page:  # in commit order, so each payment's versions ascend
                 event = self.app.mapper.to_domain_event(n)
                 events.setdefault(event.originator_id, []).append(event)
-            before = self._before(events)
-            rows = [
-                row_of(self.app, self._replay(pid, before.get(pid, []) + evs))
-                for pid, evs in events.items()
-            ]
+            rows = [row_of(self.app, payment) for payment in self._project(events)]
             try:
                 self.listing.record(rows, reached)
                 written += len(rows)
@@ -379,22 +382,40 @@ class ListingProjector(BackgroundLoop):
                     raise
         return written
 
+    def _project(self, events: dict[UUID, list[Any]]) -> list[Payment]:
+        """Each payment of the page after the page's events of it."""
+        start: dict[UUID, Payment | None] = {}
+        for pid, evs in events.items():
+            first = evs[0].originator_version
+            known = self.known.get(pid.int)
+            if first == 1:
+                start[pid] = None
+            elif known is not None and known.version == first - 1:
+                start[pid] = known
+        before = self._before({pid: evs for pid, evs in events.items() if pid not in start})
+        payments = []
+        for pid, evs in events.items():
+            payment = start[pid] if pid in start else self._replay(pid, None, before[pid])
+            payment = self._replay(pid, payment, evs)
+            self.known.put(pid.int, payment)
+            payments.append(payment)
+        return payments
+
     def _before(self, events: dict[UUID, list[Any]]) -> dict[UUID, list[Any]]:
         """Each payment's events before the page's first of it, read for them all in one
         query (not a read of each payment at its version: a round trip each)."""
         older = {pid: evs[0].originator_version for pid, evs in events.items()}
         recorder: Any = self.app.recorder
-        stored = recorder.select_events_after({pid: 0 for pid, first in older.items() if first > 1})
-        before: dict[UUID, list[Any]] = {}
+        stored = recorder.select_events_after(dict.fromkeys(older, 0)) if older else []
+        before: dict[UUID, list[Any]] = {pid: [] for pid in older}
         for event in stored:
             if event.originator_version < older[event.originator_id]:
-                domain = self.app.mapper.to_domain_event(event)
-                before.setdefault(event.originator_id, []).append(domain)
+                before[event.originator_id].append(self.app.mapper.to_domain_event(event))
         return before
 
-    def _replay(self, payment_id: UUID, events: list[Any]) -> Payment:
-        """The payment after ``events``, all of its events up to the page's last of it."""
-        payment: Any = None
+    @staticmethod
+    def _replay(payment_id: UUID, payment: Any, events: list[Any]) -> Payment:
+        """``payment`` (``None``: none yet) after ``events``, moved on in place."""
         for event in events:
             payment = event.mutate(payment)
         if not isinstance(payment, Payment):

@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator.application import Payments
 from orchestrator.bootstrap import build_payments
-from orchestrator.domain.payment import Cause, Payment
+from orchestrator.domain.payment import Cause, Payment, ProviderEventCause
 from orchestrator.listing import ListingProjector, PaymentListing, PaymentRow, rebuild, row_of
 from orchestrator.routing import Router
 
@@ -89,6 +89,72 @@ def test_a_payment_changed_across_passes_is_replayed_from_the_store(app: Payment
     assert sorted(r.version for r in rows) == [3, 3, 4, 4, 4]
     # Their earlier events were read for the three together, in one query.
     assert read_by_the_pass == ["select_events_after"]
+
+
+def webhook(payment: Payment, n: int) -> None:
+    cause = ProviderEventCause("sandbox", f"evt_{n}")
+    payment.provider_event_received(
+        provider="sandbox", event_id=cause.event_id, kind="payment.authorized",
+        effect="unchanged", caused_by=cause,
+    )  # fmt: skip
+
+
+def counted_decodes(app: Payments) -> list[int]:
+    """The originator version of every stored event the mapper decodes, from now on."""
+    decoded: list[int] = []
+    decode = app.mapper.to_domain_event
+
+    def counted(stored: Any) -> Any:
+        decoded.append(stored.originator_version)
+        return decode(stored)
+
+    app.mapper.to_domain_event = counted  # type: ignore[method-assign]
+    return decoded
+
+
+def test_a_long_payments_next_pass_costs_its_new_events_not_its_history(app: Payments) -> None:
+    payment = save_payments(app, 1)[0]
+    projector = ListingProjector(app)
+    for n in range(120):  # webhook events, a few passes' worth
+        webhook(payment, n)
+        if n % 40 == 39:
+            app.save(payment)
+            projector.catch_up(head(app))
+    assert payment.version == 124
+    webhook(payment, 120)
+    app.save(payment)
+    reads, decoded = counted_reads(app), counted_decodes(app)
+    projector.catch_up(head(app))
+    read_by_the_pass, decoded_by_the_pass = list(reads), list(decoded)
+    assert app.listing.rows() == truth(app, [payment])
+    # The pass moved on the payment as its last pass left it: one event decoded, no read
+    # of its 124 earlier ones.
+    assert decoded_by_the_pass == [125]
+    assert read_by_the_pass == []
+
+
+def test_a_pass_after_a_failed_one_does_not_build_on_what_it_did_not_record(
+    app: Payments, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payment = save_payments(app, 1, captured=False)[0]
+    projector = ListingProjector(app)
+    projector.catch_up(head(app))
+    cause = Cause("default", "c")
+    payment.start_capture(None, deadline=datetime.now(UTC), cause=cause)
+    app.save(payment)
+    recorded = PaymentListing.record
+
+    def fail(listing: PaymentListing, rows: Any, reached: Any) -> None:
+        raise RuntimeError("the store went away")
+
+    monkeypatch.setattr(PaymentListing, "record", fail)
+    with pytest.raises(RuntimeError):
+        projector.catch_up(head(app))
+    monkeypatch.setattr(PaymentListing, "record", recorded)
+    # Its position did not move: the next pass sees the capture's event again, on a payment
+    # it already moved past it, and must rebuild the payment instead of applying it twice.
+    projector.catch_up(head(app))
+    assert app.listing.rows() == truth(app, [payment])
 
 
 def test_a_rebuild_writes_the_rows_a_stale_pass_skipped_when_it_committed_after_the_clear(
