@@ -871,6 +871,7 @@ def goal_lines(summary: dict[str, Any], backends: list[str], opts: Options) -> l
             f"  {backend:8} 1. creates {c_ratio:.2f} of health checks"
             f"{' with webhooks on' if opts.sandbox_webhooks else ''} (>= {opts.create_goal:.2f})"
             f": {verdict(c_ratio >= opts.create_goal)}",
+            f"  {backend:8}    {cpu_bound(s['health'], create, opts.create_goal)}",
             f"  {backend:8} 2. replays {r_ratio:.2f} of health checks (>= {GOAL_REPLAY_RATIO:.2f})"
             f": {verdict(r_ratio >= GOAL_REPLAY_RATIO)}",
             f"  {backend:8} 3. p99/p50 at {opts.concurrency} in flight: create {spreads[0]:.1f}x,"
@@ -884,6 +885,24 @@ def goal_lines(summary: dict[str, Any], backends: list[str], opts: Options) -> l
                 f" (<= {GOAL_SINGLE_P50_MS:g} ms): {verdict(met)}"
             )
     return lines
+
+
+def server_ms_per_call(phase: dict[str, Any]) -> float:
+    return float(phase["cpu_cores"]["server"]) / float(phase["rps"]) * 1000
+
+
+def cpu_bound(health: dict[str, Any], create: dict[str, Any], goal: float) -> str:
+    """Goal 1's ceiling set by CPU alone: one ``payorch serve`` process runs Python on one
+    core at a time (its interpreter lock), so at the CPU a create and a health check cost it
+    in this run, creates given the CPU the checks had reach at most their ratio, however
+    calls queue."""
+    per_create, per_check = server_ms_per_call(create), server_ms_per_call(health)
+    return (
+        f"bound by CPU: {per_create:.2f} ms of server CPU per create, {per_check:.2f} per"
+        f" health check; with the CPU the checks had, at most {per_check / per_create:.2f} of"
+        f" them;"
+        f" {goal:.2f} needs <= {per_check / goal:.2f} ms per create"
+    )
 
 
 def render(rows: list[tuple[str, ...]]) -> str:
@@ -905,7 +924,7 @@ def cpu_lines(summary: dict[str, Any], backends: list[str]) -> list[str]:
         order = ["server", "sandbox", "postgres", "loadgen", "other", "steal", "machine"]
         # "other" is a difference of samples: show a rounding -0.01 as 0
         parts = [f"{k} {max(0.0, cores[k]):.2f}" for k in order if k in cores]
-        per_call = cores.get("server", float("nan")) / phase["rps"] * 1000
+        per_call = server_ms_per_call(phase) if "server" in cores else float("nan")
         return f"{', '.join(parts)}; server CPU {per_call:.2f} ms per call"
 
     cpus = os.cpu_count() or 0

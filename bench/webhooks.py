@@ -90,6 +90,7 @@ EVENT_TYPE = "payment.authorized"
 # What the consumer must log for each of our deliveries: they match a real payment whose
 # authorization already succeeded, so the payment records the event and changes nothing else.
 EXPECTED_EFFECT = "operation 1 already succeeded: unchanged"
+GOAL_ACK_P99_MS = 50.0  # issue 9, goal 7, at 200 deliveries in flight
 POLL = 0.02  # seconds between reads of the consumer's tracking position
 
 _HTTP_LISTENING = re.compile(r"payorch HTTP listening on ([\d.]+:\d+) \(webhooks: ([^)]*)\)")
@@ -1069,6 +1070,7 @@ def table(summary: dict[str, Any], backends: list[str], opts: Options) -> list[t
                 f"{e['server_cpu_ms']:.2f} ms per empty POST",
                 f"{r['server_cpu_per_ack']:.1f}x empty HTTP",
             ),
+            cpu_bound(ack, opts.load.concurrency, backend),
             (
                 backend,
                 "  non-2xx / errors (acks, backlog)",
@@ -1137,6 +1139,25 @@ def table(summary: dict[str, Any], backends: list[str], opts: Options) -> list[t
             ),
         ]
     return rows
+
+
+def cpu_bound(ack: dict[str, Any], concurrency: int, backend: str) -> tuple[str, ...]:
+    """Goal 7's floor set by CPU alone: ``payorch serve`` runs Python on one core at a time
+    (its interpreter lock), so at its CPU per ack in this run it takes at most this many
+    acks/s, and ``concurrency`` deliveries in flight wait at least concurrency / that rate
+    on average (Little's law), however fast the rest is. (Its CPU: with ``--workers here``
+    the consumer's too, not with ``process``.)"""
+    per_ack = float(ack["cpu_cores"]["server"]) / float(ack["rps"]) * 1000
+    most = 1000 / per_ack
+    needed = GOAL_ACK_P99_MS / concurrency  # ms per ack at which the mean is the goal
+    return (
+        backend,
+        "  bound by CPU: acks/s on one core",
+        num(most),
+        f"{per_ack:.2f} ms per ack",
+        f"mean >= {concurrency / most * 1000:.0f} ms at {concurrency} in flight;"
+        f" p99 <= {GOAL_ACK_P99_MS:g} ms needs < {needed:.2f} ms",
+    )
 
 
 def cpu_lines(summary: dict[str, Any], backends: list[str]) -> list[str]:
