@@ -34,13 +34,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from create_payment import fresh_postgres_database, start_sandbox  # noqa: E402
+from create_payment import (  # noqa: E402
+    DEFAULT_POSTGRES_URL,
+    fresh_postgres_database,
+    start_sandbox,
+)
 
 from adapters._http import ProviderHttp  # noqa: E402
 from orchestrator.bootstrap import build_payments, load_router  # noqa: E402
 from orchestrator.commands import CreatePayment  # noqa: E402
 
-POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 WARM_UP = 300  # creates before each round: connections, caches, code paths
 
 
@@ -87,8 +90,9 @@ def create(app: Any) -> Callable[[], None]:
     return one
 
 
-def round_of(one: Callable[[], None], creates: int, threads: int) -> float:
-    """CPU seconds of this process per create, ``creates`` split over ``threads``."""
+def round_of(one: Callable[[], None], creates: int, threads: int) -> tuple[float, int]:
+    """CPU seconds of this process per create, and the creates made: ``creates`` split over
+    ``threads`` (rounded down to a multiple of it)."""
     each = creates // threads
     workers = [
         threading.Thread(target=lambda: [one() for _ in range(each)]) for _ in range(threads)
@@ -98,7 +102,7 @@ def round_of(one: Callable[[], None], creates: int, threads: int) -> float:
         worker.start()
     for worker in workers:
         worker.join()
-    return (time.process_time() - started) / (each * threads)
+    return (time.process_time() - started) / (each * threads), each * threads
 
 
 def main() -> int:
@@ -107,7 +111,7 @@ def main() -> int:
     parser.add_argument("--creates", type=int, default=3000, help="per round")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--postgres-url", default=POSTGRES_URL, help="a role with CREATEDB")
+    parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL, help="a role with CREATEDB")
     opts = parser.parse_args()
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="payorch-bench-")))
@@ -122,8 +126,7 @@ def main() -> int:
             for _ in range(WARM_UP):
                 one()
             writes.seconds = calls.seconds = 0.0
-            cpu = round_of(one, opts.creates, opts.threads)
-            done = opts.creates // opts.threads * opts.threads
+            cpu, done = round_of(one, opts.creates, opts.threads)
             per_create.append(cpu)
             shares.append((writes.seconds / done / cpu, calls.seconds / done / cpu))
         cpu = statistics.median(per_create)

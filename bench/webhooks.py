@@ -71,6 +71,7 @@ from create_payment import (
     render,
     run_json,
     scratch_dir,
+    server_ms_per_call,
     start_sandbox,
     wait_serving,
     wait_until_quiet,
@@ -1147,7 +1148,7 @@ def cpu_bound(ack: dict[str, Any], concurrency: int, backend: str) -> tuple[str,
     acks/s, and ``concurrency`` deliveries in flight wait at least concurrency / that rate
     on average (Little's law), however fast the rest is. (Its CPU: with ``--workers here``
     the consumer's too, not with ``process``.)"""
-    per_ack = float(ack["cpu_cores"]["server"]) / float(ack["rps"]) * 1000
+    per_ack = server_ms_per_call(ack)
     most = 1000 / per_ack
     needed = GOAL_ACK_P99_MS / concurrency  # ms per ack at which the mean is the goal
     return (
